@@ -1,0 +1,65 @@
+# The course's commands. `make book` and `make test` set up everything they need in .venv.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
+JOBS ?= 2
+CELL_TIMEOUT ?= 600
+MATHJAX_VERSION := 3.2.2
+MATHJAX := .build/assets/mathjax/tex-chtml.js
+NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
+
+.PHONY: help venv book test lint unit nbval book-check mathjax lab clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[test,book]"
+	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	rm -f $(VENV)/.installed-* && touch $@
+
+venv: $(STAMP)  ## create or update .venv (the package, tests and book tools)
+
+$(MATHJAX):
+	rm -rf .build/mathjax && mkdir -p .build/mathjax .build/assets
+	cd .build/mathjax && npm pack --silent mathjax@$(MATHJAX_VERSION) >/dev/null && tar xzf mathjax-$(MATHJAX_VERSION).tgz
+	rm -rf .build/assets/mathjax && cp -r .build/mathjax/package/es5 .build/assets/mathjax
+
+mathjax: $(MATHJAX)  ## copy MathJax into the site so that math renders offline
+
+book: $(STAMP) $(MATHJAX)  ## build the HTML book, executing every notebook (cached) -> _build/html
+	$(VENV)/bin/jupyter-book build . --builder html -W -n --keep-going
+
+test: lint unit nbval book-check  ## everything CI runs
+
+lint: $(STAMP)  ## ruff over the package, tests and notebooks
+	$(VENV)/bin/ruff check .
+
+unit: $(STAMP)  ## the package tests
+	$(PY) -m pytest -n $(JOBS) -m "not book" tests
+
+nbval: $(STAMP)  ## execute every notebook under nbval; run times go to _build/nbval-times.json
+	$(PY) -m pytest -p no:cacheprovider --nbval-lax --nbval-cell-timeout=$(CELL_TIMEOUT) \
+	  -n $(JOBS) --dist loadfile $(NOTEBOOKS)
+
+book-check: $(STAMP) $(MATHJAX)  ## build the book without executing notebooks, warnings as errors, and check it
+	mkdir -p .build
+	$(PY) -c "import yaml; c = yaml.safe_load(open('_config.yml')); c['execute']['execute_notebooks'] = 'off'; \
+	  yaml.safe_dump(c, open('.build/_config_check.yml', 'w'))"
+	$(VENV)/bin/jupyter-book build . --config .build/_config_check.yml --path-output .build/check \
+	  --builder html -W -n --keep-going --quiet
+	LMCOURSE_BOOK_HTML=.build/check/_build/html $(PY) -m pytest -m book tests
+
+lab: $(STAMP)  ## open JupyterLab on the notebooks
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[lab]"
+	$(VENV)/bin/jupyter lab notebooks
+
+clean:  ## remove build outputs (keeps .venv)
+	rm -rf _build .build

@@ -1,0 +1,30 @@
+"""Record how long each notebook takes under nbval (the sum of its cells' setup, call and teardown).
+
+The table is printed at the end of the run and written to ``.build/nbval-times.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+_seconds: defaultdict[str, float] = defaultdict(float)
+
+
+def pytest_runtest_logreport(report) -> None:
+    path = report.nodeid.split("::", 1)[0]
+    if path.endswith(".ipynb"):
+        _seconds[path] += report.duration
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if not _seconds:
+        return
+    terminalreporter.section("notebook run times under nbval")
+    for path, seconds in sorted(_seconds.items()):
+        terminalreporter.write_line(f"{seconds:8.1f} s  {path}")
+    terminalreporter.write_line(f"{sum(_seconds.values()):8.1f} s  in all")
+    out = Path(".build/nbval-times.json")
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps({p: round(s, 1) for p, s in sorted(_seconds.items())}, indent=1) + "\n")

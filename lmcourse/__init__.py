@@ -1,0 +1,11 @@
+"""lmcourse: the helper package of the course *Language Models from Counting to GPUs*.
+
+Each module holds one concept that a chapter builds from scratch and later chapters reuse:
+
+- :mod:`lmcourse.data` -- the course corpora (download, SHA-256 check, cache, offline mirror)
+- :mod:`lmcourse.runtime` -- device selection, CPU threads, seeding
+- :mod:`lmcourse.metrics` -- perplexity and bits per character
+- :mod:`lmcourse.tokenizers` -- tokenizers, starting with characters
+"""
+
+__version__ = "0.1.0"

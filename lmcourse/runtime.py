@@ -1,0 +1,73 @@
+"""The machine a notebook runs on: device selection, CPU threads and seeding."""
+
+from __future__ import annotations
+
+import os
+import platform
+import random
+import sys
+
+import numpy as np
+import torch
+
+__all__ = ["get_device", "set_threads", "seed_everything", "environment_report"]
+
+_DEVICES = ("cuda", "mps", "cpu")
+
+
+def get_device(prefer: str | None = None) -> torch.device:
+    """The best available device: CUDA, then Apple MPS, then the CPU.
+
+    ``prefer`` (or the ``LMCOURSE_DEVICE`` variable) forces one of ``"cuda"``, ``"mps"``, ``"cpu"``;
+    asking for one that is not present raises ``RuntimeError`` rather than silently falling back.
+    """
+    prefer = prefer or os.environ.get("LMCOURSE_DEVICE") or None
+    if prefer is not None:
+        if prefer not in _DEVICES:
+            raise ValueError(f"unknown device {prefer!r}: choose one of {', '.join(_DEVICES)}")
+        if not _available(prefer):
+            raise RuntimeError(f"device {prefer!r} was requested but is not available on this machine")
+        return torch.device(prefer)
+    return torch.device(next(d for d in _DEVICES if _available(d)))
+
+
+def _available(device: str) -> bool:
+    if device == "cuda":
+        return torch.cuda.is_available()
+    if device == "mps":
+        return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    return True
+
+
+def set_threads(n: int | None = None) -> int:
+    """Use ``n`` CPU threads in PyTorch (default: every core this process may run on); returns n."""
+    if n is None:
+        n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if n < 1:
+        raise ValueError(f"the number of threads must be at least 1, got {n}")
+    torch.set_num_threads(n)
+    return n
+
+
+def seed_everything(seed: int = 0) -> torch.Generator:
+    """Seed Python's, NumPy's and PyTorch's generators (every device); returns a seeded CPU generator."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds CUDA and MPS
+    return torch.Generator().manual_seed(seed)
+
+
+def environment_report() -> dict[str, str]:
+    """Versions and hardware, as the setup chapter prints them."""
+    device = get_device()
+    report = {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "device": str(device),
+        "cpu threads": str(torch.get_num_threads()),
+    }
+    if device.type == "cuda":
+        report["gpu"] = torch.cuda.get_device_name(device)
+    return report
