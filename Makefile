@@ -13,7 +13,7 @@ MATHJAX_VERSION := 3.2.2
 MATHJAX := .build/assets/mathjax/tex-chtml.js
 NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
 
-.PHONY: help venv book test lint unit nbval book-check mathjax lab clean
+.PHONY: help venv book test lint unit nbval book-check mathjax bench lab clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -46,7 +46,7 @@ unit: $(STAMP)  ## the package tests
 	$(PY) -m pytest -n $(JOBS) -m "not book" tests
 
 nbval: $(STAMP)  ## execute every notebook under nbval; run times go to _build/nbval-times.json
-	$(PY) -m pytest -p no:cacheprovider --nbval-lax --nbval-cell-timeout=$(CELL_TIMEOUT) \
+	$(PY) -m pytest --nbval-lax --nbval-cell-timeout=$(CELL_TIMEOUT) \
 	  -n $(JOBS) --dist loadfile $(NOTEBOOKS)
 
 book-check: $(STAMP) $(MATHJAX)  ## build the book without executing notebooks, warnings as errors, and check it
@@ -56,6 +56,9 @@ book-check: $(STAMP) $(MATHJAX)  ## build the book without executing notebooks, 
 	$(VENV)/bin/jupyter-book build . --config .build/_config_check.yml --path-output .build/check \
 	  --builder html -W -n --keep-going --quiet
 	LMCOURSE_BOOK_HTML=.build/check/_build/html $(PY) -m pytest -m book tests
+
+bench: $(STAMP)  ## run every peer benchmark, one process each (BENCH_ARGS=--quick for a smoke run)
+	for script in benchmarks/bench_*.py; do $(PY) $$script $(BENCH_ARGS); done
 
 lab: $(STAMP)  ## open JupyterLab on the notebooks
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[lab]"
