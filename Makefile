@@ -13,6 +13,13 @@ MATHJAX_VERSION := 3.2.2
 MATHJAX := .build/assets/mathjax/tex-chtml.js
 NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
 
+# Offline course data: when no mirror is set and ../shared/data exists (as beside a CI checkout), use it.
+ifeq ($(origin LMCOURSE_DATA_MIRROR), undefined)
+ifneq ($(wildcard ../shared/data/README.md),)
+export LMCOURSE_DATA_MIRROR := $(abspath ../shared/data)
+endif
+endif
+
 .PHONY: help venv book test lint unit nbval book-check mathjax bench lab clean
 
 help:  ## list the targets
