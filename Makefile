@@ -52,8 +52,8 @@ lint: $(STAMP)  ## ruff over the package, tests and notebooks
 unit: $(STAMP)  ## the package tests
 	$(PY) -m pytest -n $(JOBS) -m "not book" tests
 
-nbval: $(STAMP)  ## execute every notebook under nbval; run times go to _build/nbval-times.json
-	$(PY) -m pytest --nbval-lax --nbval-cell-timeout=$(CELL_TIMEOUT) \
+nbval: $(STAMP)  ## execute every notebook under nbval, JOBS at a time (1 thread each if JOBS > 1)
+	$(if $(filter-out 1,$(JOBS)),OMP_NUM_THREADS=1 LMCOURSE_THREADS=1) $(PY) -m pytest --nbval-lax --nbval-cell-timeout=$(CELL_TIMEOUT) \
 	  -n $(JOBS) --dist loadfile $(NOTEBOOKS)
 
 book-check: $(STAMP) $(MATHJAX)  ## build the book without executing notebooks, warnings as errors, and check it

@@ -40,13 +40,21 @@ def _available(device: str) -> bool:
 
 
 def set_threads(n: int | None = None) -> int:
-    """Use ``n`` CPU threads in PyTorch (default: every core this process may run on); returns n."""
+    """Use ``n`` CPU threads in PyTorch; returns n.
+
+    The default is ``$LMCOURSE_THREADS`` if set (``make nbval`` sets 1, since it runs notebooks side by
+    side), else every core this process may run on.
+    """
     if n is None:
-        n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        n = int(os.environ.get("LMCOURSE_THREADS", "0")) or _cores()
     if n < 1:
         raise ValueError(f"the number of threads must be at least 1, got {n}")
     torch.set_num_threads(n)
     return n
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def seed_everything(seed: int = 0) -> torch.Generator:

@@ -33,9 +33,12 @@ def test_seed_everything_makes_every_generator_repeat():
     assert draw() == draw()
 
 
-def test_set_threads():
+def test_set_threads(monkeypatch):
     before = torch.get_num_threads()
     try:
+        monkeypatch.setenv("LMCOURSE_THREADS", "1")
+        assert set_threads() == 1
+        monkeypatch.delenv("LMCOURSE_THREADS")
         assert set_threads(1) == 1 and torch.get_num_threads() == 1
         assert set_threads() >= 1
         with pytest.raises(ValueError, match="at least 1"):
