@@ -6,6 +6,7 @@ Each module holds one concept that a chapter builds from scratch and later chapt
 - :mod:`lmcourse.runtime` -- device selection, CPU threads, seeding
 - :mod:`lmcourse.metrics` -- perplexity and bits per character
 - :mod:`lmcourse.tokenizers` -- tokenizers, starting with characters
+- :mod:`lmcourse.ngram` -- n-gram language models: counting, smoothing, perplexity, sampling
 - :mod:`lmcourse.autodiff` -- scalar reverse-mode autodiff, Neuron/Linear/MLP, softmax and cross-entropy
 - :mod:`lmcourse.train` -- the shared training loop, schedules and checkpoints
 """
