@@ -41,7 +41,8 @@ import subprocess
 import sys
 
 if importlib.util.find_spec("lmcourse") is None:
-    subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", "lmcourse @ git+{url}"])'''
+    url = "{url}"
+    subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", f"lmcourse[notebooks] @ git+{{url}}"])'''
 
 
 def test_every_notebook_is_in_the_toc_and_every_toc_entry_exists():
