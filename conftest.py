@@ -1,6 +1,7 @@
-"""Record how long each notebook takes under nbval (the sum of its cells' setup, call and teardown).
+"""nbval settings for the notebooks, and a record of how long each notebook takes under nbval.
 
-The table is printed at the end of the run and written to ``.build/nbval-times.json``.
+The run time of a notebook is the sum of its cells' setup, call and teardown; the table is printed at the
+end of the run and written to ``.build/nbval-times.json``.
 """
 
 from __future__ import annotations
@@ -10,6 +11,14 @@ from collections import defaultdict
 from pathlib import Path
 
 _seconds: defaultdict[str, float] = defaultdict(float)
+
+
+def pytest_collection_modifyitems(items) -> None:
+    # nbval waits only 5 s for a cell's last output message once the cell has finished; on a loaded
+    # 2-core machine that wait can expire although the cell succeeded. Give it 60 s.
+    for item in items:
+        if hasattr(item, "output_timeout"):
+            item.output_timeout = 60
 
 
 def pytest_runtest_logreport(report) -> None:

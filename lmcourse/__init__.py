@@ -8,6 +8,7 @@ Each module holds one concept that a chapter builds from scratch and later chapt
 - :mod:`lmcourse.tokenizers` -- tokenizers, starting with characters
 - :mod:`lmcourse.ngram` -- n-gram language models: counting, smoothing, perplexity, sampling
 - :mod:`lmcourse.autodiff` -- scalar reverse-mode autodiff, Neuron/Linear/MLP, softmax and cross-entropy
+- :mod:`lmcourse.models` -- neural language models: the MLP LM (Bengio et al. 2003)
 - :mod:`lmcourse.bptt` -- a NumPy RNN language model with hand-written backpropagation through time
 - :mod:`lmcourse.rnn` -- RNN, LSTM and GRU cells from their equations, and recurrent language models
 - :mod:`lmcourse.train` -- the shared training loop, schedules and checkpoints
