@@ -21,6 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from lmcourse.tokenizers import check_ids
+
 __all__ = ["RNNCell", "LSTMCell", "GRUCell", "unroll", "Recurrent", "RNNLM", "LSTMLM", "generate", "evaluate_stream"]
 
 State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
@@ -313,16 +315,7 @@ class RNNLM(nn.Module):
         return logits, F.cross_entropy(logits.flatten(0, 1), targets.flatten())
 
     def _check_ids(self, ids: torch.Tensor, name: str) -> None:
-        if not isinstance(ids, torch.Tensor) or ids.dtype.is_floating_point or ids.dtype.is_complex \
-                or ids.dtype == torch.bool:
-            raise ValueError(f"{name} must be a tensor of integer token ids, got "
-                             f"{getattr(ids, 'dtype', type(ids).__name__)}")
-        if ids.ndim != 2:
-            raise ValueError(f"{name} must be 2-D with shape (B, T), got shape {tuple(ids.shape)}; "
-                             "use ids[None] for a single sequence")
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.vocab_size):
-            raise ValueError(f"{name} holds ids from {int(ids.min())} to {int(ids.max())}, outside the "
-                             f"vocabulary 0..{self.vocab_size - 1}")
+        check_ids(ids, self.vocab_size, name, 2, "(B, T)", "; use ids[None] for a single sequence")
 
 
 class LSTMLM(RNNLM):

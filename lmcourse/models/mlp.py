@@ -19,6 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from lmcourse.tokenizers import check_ids
+
 __all__ = ["MLPLM", "make_windows"]
 
 
@@ -79,16 +81,7 @@ class MLPLM(nn.Module):
         return logits, F.cross_entropy(logits, targets)
 
     def _check_ids(self, ids: torch.Tensor, name: str, ndim: int) -> None:
-        if not isinstance(ids, torch.Tensor) or ids.dtype.is_floating_point or ids.dtype.is_complex \
-                or ids.dtype == torch.bool:
-            raise ValueError(f"{name} must be a tensor of integer token ids, got "
-                             f"{getattr(ids, 'dtype', type(ids).__name__)}")
-        if ids.ndim != ndim:
-            shape = "(B, context_size)" if ndim == 2 else "(B,)"
-            raise ValueError(f"{name} must be {ndim}-D with shape {shape}, got shape {tuple(ids.shape)}")
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.vocab_size):
-            raise ValueError(f"{name} holds ids from {int(ids.min())} to {int(ids.max())}, outside the "
-                             f"vocabulary 0..{self.vocab_size - 1}")
+        check_ids(ids, self.vocab_size, name, ndim, "(B, context_size)" if ndim == 2 else "(B,)")
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,

@@ -4,6 +4,24 @@ Every tokenizer has the same interface: ``train(text, vocab_size)``, ``encode(te
 ``decode(ids) -> str``, ``save(path)`` and ``load(path)``.
 """
 
+import torch
+
 from lmcourse.tokenizers.char import CharTokenizer
 
-__all__ = ["CharTokenizer"]
+__all__ = ["CharTokenizer", "check_ids"]
+
+
+def check_ids(ids: torch.Tensor, vocab_size: int, name: str, ndim: int, shape: str, hint: str = "") -> None:
+    """Raise a ValueError unless ``ids`` is an ``ndim``-D integer tensor of ids in 0..vocab_size-1.
+
+    ``shape`` (e.g. ``"(B, T)"``) and ``hint`` only word the error message.
+    """
+    if not isinstance(ids, torch.Tensor) or ids.dtype.is_floating_point or ids.dtype.is_complex \
+            or ids.dtype == torch.bool:
+        raise ValueError(f"{name} must be a tensor of integer token ids, got "
+                         f"{getattr(ids, 'dtype', type(ids).__name__)}")
+    if ids.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D with shape {shape}, got shape {tuple(ids.shape)}{hint}")
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
+        raise ValueError(f"{name} holds ids from {int(ids.min())} to {int(ids.max())}, outside the "
+                         f"vocabulary 0..{vocab_size - 1}")
