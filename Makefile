@@ -12,6 +12,9 @@ CELL_TIMEOUT ?= 600
 MATHJAX_VERSION := 3.2.2
 MATHJAX := .build/assets/mathjax/tex-chtml.js
 NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
+# With several pytest workers on few cores, one torch thread each: OpenMP spin-waiting otherwise makes
+# small-tensor work 10-100x slower.
+ONE_THREAD := $(if $(filter-out 1,$(JOBS)),OMP_NUM_THREADS=1 LMCOURSE_THREADS=1)
 
 # Offline course data: when no mirror is set and ../shared/data exists (as beside a CI checkout), use it.
 ifeq ($(origin LMCOURSE_DATA_MIRROR), undefined)
@@ -50,10 +53,10 @@ lint: $(STAMP)  ## ruff over the package, tests and notebooks
 	$(VENV)/bin/ruff check .
 
 unit: $(STAMP)  ## the package tests
-	$(PY) -m pytest -n $(JOBS) -m "not book" tests
+	$(ONE_THREAD) $(PY) -m pytest -n $(JOBS) -m "not book" tests
 
 nbval: $(STAMP)  ## execute every notebook under nbval, JOBS at a time (1 thread each if JOBS > 1)
-	$(if $(filter-out 1,$(JOBS)),OMP_NUM_THREADS=1 LMCOURSE_THREADS=1) $(PY) -m pytest --nbval-lax --nbval-cell-timeout=$(CELL_TIMEOUT) \
+	$(ONE_THREAD) $(PY) -m pytest --nbval-lax --nbval-cell-timeout=$(CELL_TIMEOUT) \
 	  -n $(JOBS) --dist loadfile $(NOTEBOOKS)
 
 book-check: $(STAMP) $(MATHJAX)  ## build the book without executing notebooks, warnings as errors, and check it

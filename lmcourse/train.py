@@ -110,15 +110,19 @@ def train(model: torch.nn.Module, train_batches: Callable[[], Batch], cfg: Train
           checkpoint: str | os.PathLike | None = None, progress: bool = True) -> History:
     """Train ``model`` in place for ``cfg.max_steps`` AdamW steps; returns the :class:`History`.
 
-    Weight decay, if any, applies to matrices (``dim >= 2``) only, not to biases or norm gains.
+    Weight decay, if any, applies to the groups of ``model.param_groups(weight_decay)`` when the model defines
+    it (e.g. GPT: linear weights only), otherwise to matrices (``dim >= 2``), not to biases or norm gains.
     With ``checkpoint``, the model, optimiser and config are saved there at the end.
     """
     torch.manual_seed(cfg.seed)
     model.to(device).train()
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=cfg.betas)
+    if hasattr(model, "param_groups"):
+        groups = model.param_groups(cfg.weight_decay)
+    else:
+        decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+        no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+        groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
     history = History()
     start = time.perf_counter()
     bar = tqdm(range(cfg.max_steps), desc="training", disable=not progress)

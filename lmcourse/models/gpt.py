@@ -1,0 +1,224 @@
+"""The GPT language model (chapter 7): a decoder-only Transformer, architecturally GPT-2 (Radford et al. 2019).
+
+    x_0 = E[w_t] + P[t]                             token + position embeddings, (B, T, d), then dropout
+    x_l = Block(x_{l-1})  for l = 1..n_layer        pre-norm causal self-attention and MLP, with residuals
+    logits = Norm(x_L) E^T                          the head shares its weights with the token embedding E
+
+Thanks to the causal mask, the logits at position t depend on w_1..w_t only, so one forward pass of a window
+gives T next-token predictions and the loss averages all of them. ``GPTConfig`` also selects the modern
+variants the chapter discusses (sinusoidal or rotary positions, RMSNorm, SwiGLU, grouped-query and
+sliding-window attention) and ``causal=False`` for an encoder-only (BERT-style, masked-LM) model.
+``GPT.from_hf`` copies the weights of a Hugging Face ``GPT2LMHeadModel``; the tests show both give the same logits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from lmcourse.models.layers import Block, RotaryEmbedding, init_weights, make_norm, sinusoidal_positions
+from lmcourse.tokenizers import check_ids
+
+__all__ = ["GPTConfig", "GPT"]
+
+_CHOICES = {"pos": ("learned", "sinusoidal", "rope"), "norm": ("layernorm", "rmsnorm"), "mlp": ("gelu", "swiglu")}
+
+
+@dataclass
+class GPTConfig:
+    """The shape of a :class:`GPT`. ``dataclasses.asdict(config)`` round-trips through ``GPTConfig(**d)``."""
+
+    vocab_size: int  # |V|
+    block_size: int  # longest context T the model can read
+    n_layer: int
+    n_head: int
+    n_embd: int  # d, the width of the residual stream
+    dropout: float = 0.0
+    bias: bool = True  # biases in the linear layers and LayerNorms
+    pos: str = "learned"  # "learned" | "sinusoidal" | "rope"
+    norm: str = "layernorm"  # "layernorm" | "rmsnorm"
+    mlp: str = "gelu"  # "gelu" (GPT-2) | "swiglu" (LLaMA)
+    n_kv_head: int | None = None  # grouped-query attention: key/value heads (None = n_head)
+    window: int | None = None  # sliding-window attention: each position sees this many (None = all before it)
+    causal: bool = True  # False: bidirectional self-attention (an encoder, for a masked-LM objective)
+    tie_weights: bool = True  # the head's weight matrix is the token embedding's
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
+        for name, allowed in _CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.n_kv_head is not None and (not isinstance(self.n_kv_head, int) or self.n_kv_head < 1
+                                           or self.n_head % self.n_kv_head):
+            raise ValueError(f"n_kv_head must be None or a positive divisor of n_head={self.n_head}, "
+                             f"got {self.n_kv_head!r}")
+        if self.window is not None and (not isinstance(self.window, int) or self.window < 1):
+            raise ValueError(f"window must be None or a positive integer, got {self.window!r}")
+        if self.window is not None and not self.causal:
+            raise ValueError("window (sliding-window attention) is implemented for causal models only")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if self.pos == "rope" and (self.n_embd // self.n_head) % 2:
+            raise ValueError(f"pos='rope' needs an even head size, got n_embd / n_head = {self.n_embd // self.n_head}")
+        if self.pos == "sinusoidal" and self.n_embd % 2:
+            raise ValueError(f"pos='sinusoidal' needs an even n_embd, got {self.n_embd}")
+
+
+class GPT(nn.Module):
+    """GPT-2-style Transformer language model: ``model(idx)`` -> logits, ``model(idx, targets)`` -> (logits, loss).
+
+    Parameters are initialised as in GPT-2: normal(0, 0.02) weights and embeddings, zero biases, and the
+    projections that write into the residual stream scaled down by 1/sqrt(2 n_layer). Seed the global
+    random state (``lmcourse.runtime.seed_everything``) first for a reproducible model.
+    """
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.config = config
+        C = config.n_embd
+        self.wte = nn.Embedding(config.vocab_size, C)  # E, token embeddings
+        self.wpe = nn.Embedding(config.block_size, C) if config.pos == "learned" else None  # P, learned positions
+        if config.pos == "sinusoidal":
+            self.register_buffer("pos_enc", sinusoidal_positions(config.block_size, C), persistent=False)
+        self.rope = RotaryEmbedding(C // config.n_head, config.block_size) if config.pos == "rope" else None
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.ln_f = make_norm(config)
+        self.head = nn.Linear(C, config.vocab_size, bias=False)
+        if config.tie_weights:
+            self.head.weight = self.wte.weight
+        init_weights(self, config.n_layer)
+
+    @property
+    def block_size(self) -> int:
+        return self.config.block_size
+
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        """Number of parameters (tied weights once); ``non_embedding`` leaves out the position embeddings
+        (the token embeddings stay in: with tying they are also the head's weights), as nanoGPT counts."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding and self.wpe is not None:
+            n -= self.wpe.weight.numel()
+        return n
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None
+                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Next-token logits at every position of each context.
+
+        Args:
+            idx: (B, T) integer token ids w_1..w_T, T <= block_size.
+            targets: optional (B, T) integer ids of the token to predict at each position (for a language
+                model, idx shifted left by one); -1 marks positions left out of the loss.
+
+        Returns:
+            logits (B, T, vocab_size); with ``targets``, ``(logits, loss)`` where loss is the mean cross-entropy
+            in nats over the positions whose target is not -1.
+        """
+        check_ids(idx, self.vocab_size, "idx", 2, "(B, T)")
+        B, T = idx.shape
+        if T < 1 or T > self.block_size:
+            raise ValueError(f"the context has {T} tokens but this model reads 1..block_size={self.block_size}; "
+                             f"crop it, e.g. idx[:, -{self.block_size}:]")
+        if targets is not None:
+            check_targets(targets, idx, self.vocab_size)
+        x = self.wte(idx)  # (B, T, C)
+        if self.wpe is not None:
+            x = x + self.wpe(torch.arange(T, device=idx.device))  # (T, C) broadcast over the batch
+        elif self.config.pos == "sinusoidal":
+            x = x + self.pos_enc[:T]
+        x = self.drop(x)
+        for block in self.blocks:
+            x = block(x, rope=self.rope)
+        logits = self.head(self.ln_f(x))  # (B, T, V)
+        if targets is None:
+            return logits
+        loss = F.cross_entropy(logits.view(B * T, -1), targets.reshape(B * T), ignore_index=-1)
+        return logits, loss
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        """AdamW parameter groups: decay on the weight matrices of linear layers, none on biases, norm gains
+        and embeddings (a tied head weight is the embedding, so it is not decayed). Every parameter once."""
+        decay, no_decay, seen = [], [], set()
+        for module in self.modules():
+            for name, p in module.named_parameters(recurse=False):
+                if id(p) in seen or not p.requires_grad:
+                    continue
+                seen.add(id(p))
+                (decay if isinstance(module, nn.Linear) and name == "weight" else no_decay).append(p)
+        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+    @classmethod
+    def from_hf(cls, hf_model: nn.Module) -> GPT:
+        """A GPT with the weights of a Hugging Face ``transformers.GPT2LMHeadModel`` (same dtype, device and mode).
+
+        HF's ``Conv1D`` layers compute x W + b with W (in, out), the transpose of ``nn.Linear``'s weight, and
+        ``c_attn`` holds q, k and v side by side. Settings we do not implement raise a ValueError naming them.
+        """
+        config = getattr(hf_model, "config", None)
+        if getattr(config, "model_type", None) != "gpt2" or not hasattr(hf_model, "lm_head"):
+            raise ValueError(f"from_hf expects a transformers GPT2LMHeadModel, got {type(hf_model).__name__}")
+        _check_hf_config(config)
+        model = cls(GPTConfig(vocab_size=config.vocab_size, block_size=config.n_positions, n_layer=config.n_layer,
+                              n_head=config.n_head, n_embd=config.n_embd, dropout=config.resid_pdrop,
+                              tie_weights=config.tie_word_embeddings))
+        sd, C = hf_model.state_dict(), config.n_embd
+        ours = {"wte.weight": sd["transformer.wte.weight"], "wpe.weight": sd["transformer.wpe.weight"],
+                "ln_f.weight": sd["transformer.ln_f.weight"], "ln_f.bias": sd["transformer.ln_f.bias"],
+                "head.weight": sd["lm_head.weight"]}
+        for i in range(config.n_layer):
+            hf, me = f"transformer.h.{i}.", f"blocks.{i}."
+            for ln in ("ln_1", "ln_2"):
+                ours[f"{me}{ln}.weight"], ours[f"{me}{ln}.bias"] = sd[f"{hf}{ln}.weight"], sd[f"{hf}{ln}.bias"]
+            qkv_w, qkv_b = sd[f"{hf}attn.c_attn.weight"].t().split(C), sd[f"{hf}attn.c_attn.bias"].split(C)
+            for j, proj in enumerate(("q_proj", "k_proj", "v_proj")):
+                ours[f"{me}attn.{proj}.weight"], ours[f"{me}attn.{proj}.bias"] = qkv_w[j], qkv_b[j]
+            for hf_name, name in (("attn.c_proj", "attn.o_proj"), ("mlp.c_fc", "mlp.fc"), ("mlp.c_proj", "mlp.proj")):
+                ours[f"{me}{name}.weight"] = sd[f"{hf}{hf_name}.weight"].t()
+                ours[f"{me}{name}.bias"] = sd[f"{hf}{hf_name}.bias"]
+        ref = next(hf_model.parameters())
+        model.to(device=ref.device, dtype=ref.dtype)
+        model.load_state_dict(ours)  # strict: every parameter of ours is set, shapes checked
+        return model.train(hf_model.training)
+
+
+def check_targets(targets: torch.Tensor, idx: torch.Tensor, vocab_size: int) -> None:
+    """Raise a ValueError unless ``targets`` is an integer tensor shaped like ``idx`` with ids in -1..vocab_size-1."""
+    if not isinstance(targets, torch.Tensor) or targets.dtype.is_floating_point or targets.dtype == torch.bool:
+        raise ValueError(f"targets must be a tensor of integer token ids, got {getattr(targets, 'dtype', targets)!r}")
+    if targets.shape != idx.shape:
+        raise ValueError(f"targets must have the shape of idx {tuple(idx.shape)}, got {tuple(targets.shape)}")
+    if targets.numel() and (int(targets.min()) < -1 or int(targets.max()) >= vocab_size):
+        raise ValueError(f"targets hold values from {int(targets.min())} to {int(targets.max())}; they must be ids "
+                         f"in 0..{vocab_size - 1}, or -1 for positions left out of the loss")
+
+
+def _check_hf_config(config) -> None:
+    """Raise a ValueError for the first GPT-2 setting that our GPT does not implement."""
+    problems = {
+        "activation_function": (config.activation_function not in ("gelu_new", "gelu_pytorch_tanh"),
+                                "only the tanh-approximate GELU of GPT-2 ('gelu_new', 'gelu_pytorch_tanh')"),
+        "n_inner": (config.n_inner not in (None, 4 * config.n_embd), f"only None or 4 * n_embd = {4 * config.n_embd}"),
+        "layer_norm_epsilon": (config.layer_norm_epsilon != 1e-5, "only 1e-5 (torch.nn.LayerNorm's default)"),
+        "scale_attn_weights": (not config.scale_attn_weights, "only True (scores divided by sqrt(head_dim))"),
+        "scale_attn_by_inverse_layer_idx": (config.scale_attn_by_inverse_layer_idx, "only False"),
+        "reorder_and_upcast_attn": (config.reorder_and_upcast_attn, "only False"),
+        "add_cross_attention": (getattr(config, "add_cross_attention", False), "only False"),
+        "embd_pdrop/attn_pdrop": (not config.embd_pdrop == config.attn_pdrop == config.resid_pdrop,
+                                  "only one dropout rate (embd_pdrop == attn_pdrop == resid_pdrop)"),
+    }
+    for name, (bad, supported) in problems.items():
+        if bad:
+            raise ValueError(f"GPT.from_hf: unsupported {name}={getattr(config, name.split('/')[0])!r}; "
+                             f"our GPT implements {supported}")
