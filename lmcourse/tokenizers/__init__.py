@@ -6,9 +6,14 @@ Every tokenizer has the same interface: ``train(text, vocab_size)``, ``encode(te
 
 import torch
 
+from lmcourse.tokenizers.bpe import GPT2_PATTERN, BPETokenizer
 from lmcourse.tokenizers.char import CharTokenizer
+from lmcourse.tokenizers.unigram import UnigramTokenizer
+from lmcourse.tokenizers.word import WordTokenizer
+from lmcourse.tokenizers.wordpiece import WordPieceTokenizer
 
-__all__ = ["CharTokenizer", "check_ids"]
+__all__ = ["CharTokenizer", "WordTokenizer", "BPETokenizer", "WordPieceTokenizer", "UnigramTokenizer",
+           "GPT2_PATTERN", "check_ids"]
 
 
 def check_ids(ids: torch.Tensor, vocab_size: int, name: str, ndim: int, shape: str, hint: str = "") -> None:
