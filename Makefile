@@ -23,7 +23,7 @@ export LMCOURSE_DATA_MIRROR := $(abspath ../shared/data)
 endif
 endif
 
-.PHONY: help venv book test lint unit nbval book-check mathjax bench lab clean
+.PHONY: help venv book test lint unit nbval book-check mathjax bench assignments grade lab clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -69,6 +69,13 @@ book-check: $(STAMP) $(MATHJAX)  ## build the book without executing notebooks, 
 
 bench: $(STAMP)  ## run every peer benchmark, one process each (BENCH_ARGS=--quick for a smoke run)
 	for script in benchmarks/bench_*.py; do $(PY) $$script $(BENCH_ARGS); done
+
+assignments: $(STAMP)  ## build the graded assignments (student versions, solutions, tests) -> .build/assignments
+	$(PY) assignments/build.py --out .build/assignments
+
+grade: assignments  ## grade a folder of submitted notebooks: make grade SUBMISSIONS=folder -> .build/grades
+	@test -n "$(SUBMISSIONS)" || { echo "usage: make grade SUBMISSIONS=<folder of notebooks>" >&2; exit 2; }
+	$(PY) assignments/grade.py $(SUBMISSIONS) --out .build/grades --built .build/assignments --jobs $(JOBS)
 
 lab: $(STAMP)  ## open JupyterLab on the notebooks
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[lab]"
