@@ -7,8 +7,14 @@ end of the run and written to ``.build/nbval-times.json``.
 from __future__ import annotations
 
 import json
+import os
 from collections import defaultdict
 from pathlib import Path
+
+# nbval does not read a kernel's messages while a cell runs; a progress bar redrawn many times a second
+# for minutes fills the queue and the cell's final messages are lost ("Timeout ... waiting for output").
+# One redraw a second at most keeps long training cells within what nbval can hold. Kernels inherit this.
+os.environ.setdefault("TQDM_MININTERVAL", "1")
 
 _seconds: defaultdict[str, float] = defaultdict(float)
 

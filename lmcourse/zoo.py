@@ -1,0 +1,188 @@
+"""Trained models for the chapters that need one: train on first use, then load from a checkpoint.
+
+``get("char_gpt")`` returns the chapter-7 GPT trained on Tiny Shakespeare characters. The first call
+trains it (seeded, with a progress bar) and saves it under ``cache_dir() / "checkpoints"``; later calls,
+in this process or another, load the checkpoint. An exclusive lock on a ``.lock`` file next to the
+checkpoint makes a second process that asks at the same time wait for the first and then load.
+
+A checkpoint that cannot be read, or that was trained by a different recipe (a changed hyper-parameter,
+an older version of the course), is **retrained with a warning**: the zoo is a cache, never the only
+copy of a result.
+
+Each name is a :class:`Recipe` in :data:`RECIPES`; later chapters add theirs with :func:`register`.
+"""
+
+from __future__ import annotations
+
+import pickle
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from lmcourse.data import cache_dir, load_text
+from lmcourse.runtime import get_device
+from lmcourse.tokenizers import CharTokenizer
+from lmcourse.train import History, TrainConfig, sample_windows, save_checkpoint, train
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; two processes may then both train
+    fcntl = None
+
+__all__ = ["Recipe", "Pretrained", "RECIPES", "register", "names", "get", "checkpoint_path", "evaluate_text"]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How to make one trained model: the model (its config dict and builder), the data and the training run.
+
+    ``build(config)`` returns the model from ``config`` plus ``vocab_size`` (filled in from the tokenizer),
+    so the checkpoint can rebuild it from the stored dict alone. The model follows the course convention
+    ``model(x, targets) -> (logits, loss)``.
+    """
+
+    description: str
+    build: Callable[[dict], torch.nn.Module]
+    config: dict
+    train: TrainConfig
+    block_size: int
+    batch_size: int
+    corpus: str = "tinyshakespeare"
+    held_out: float = 0.1  # the last fraction of the text is the validation split
+
+    def fingerprint(self) -> dict:
+        """Everything that determines the trained weights; a checkpoint with another fingerprint is stale."""
+        return {"config": self.config, "train": asdict(self.train), "block_size": self.block_size,
+                "batch_size": self.batch_size, "corpus": self.corpus, "held_out": self.held_out}
+
+
+@dataclass
+class Pretrained:
+    """A trained model (in eval mode, on its device) with its tokenizer, training history and summary."""
+
+    model: torch.nn.Module
+    tokenizer: CharTokenizer
+    history: History
+    info: dict = field(default_factory=dict)  # recipe, val_loss_nats, seconds, tokens, params, device
+
+
+def _gpt(config: dict) -> torch.nn.Module:
+    from lmcourse.models import GPT, GPTConfig  # imported here: the zoo must not import every model up front
+
+    return GPT(GPTConfig(**config))
+
+
+RECIPES: dict[str, Recipe] = {}
+
+
+def register(name: str, recipe: Recipe) -> None:
+    """Add (or replace) a named recipe."""
+    if not name.isidentifier():
+        raise ValueError(f"a recipe name must be a plain identifier such as 'char_gpt', got {name!r}")
+    RECIPES[name] = recipe
+
+
+def names() -> list[str]:
+    """The names :func:`get` knows."""
+    return sorted(RECIPES)
+
+
+# The chapter-7 model, sized for the notebook's budget (about two minutes on one CPU thread): nanoGPT's CPU
+# shape with a 4x higher peak learning rate (benchmarks/bench_char_gpt.py compares the recipes).
+register("char_gpt", Recipe(
+    description="GPT-2-style Transformer, 4 layers x 128 wide, on Tiny Shakespeare characters",
+    build=_gpt,
+    config=dict(block_size=64, n_layer=4, n_head=4, n_embd=128, dropout=0.0, bias=True),
+    train=TrainConfig(max_steps=1200, lr=4e-3, warmup_steps=100, weight_decay=0.1, betas=(0.9, 0.99),
+                      grad_clip=1.0, eval_interval=200, eval_batches=10, seed=0),
+    block_size=64, batch_size=12,
+))
+
+
+def checkpoint_path(name: str) -> Path:
+    """Where the checkpoint of ``name`` lives: ``cache_dir() / "checkpoints" / f"{name}.pt"``."""
+    return cache_dir() / "checkpoints" / f"{name}.pt"
+
+
+@torch.no_grad()
+def evaluate_text(model: torch.nn.Module, ids: torch.Tensor, block_size: int, batch_size: int = 64,
+                  device: torch.device | str = "cpu") -> float:
+    """Mean loss (nats/token) over all of ``ids`` (1-D), cut into consecutive windows of ``block_size``.
+
+    Deterministic: every token after the first is predicted once, from the tokens before it in its window.
+    """
+    n = (len(ids) - 1) // block_size
+    if n < 1:
+        raise ValueError(f"need more than block_size = {block_size} tokens to evaluate, got {len(ids)}")
+    x = ids[: n * block_size].view(n, block_size)  # (n, T)
+    y = ids[1: n * block_size + 1].view(n, block_size)  # (n, T)
+    was_training = model.training
+    model.eval()
+    total = 0.0
+    for i in range(0, n, batch_size):
+        xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
+        total += model(xb, yb)[1].item() * yb.numel()
+    model.train(was_training)
+    return total / y.numel()
+
+
+def get(name: str, device: torch.device | str | None = None, progress: bool = True) -> Pretrained:
+    """The trained model ``name``: loaded from its checkpoint, or trained (and saved) on first use."""
+    if name not in RECIPES:
+        raise ValueError(f"unknown model {name!r}; the zoo has: {', '.join(names())}")
+    device = torch.device(device) if device is not None else get_device()
+    recipe, path = RECIPES[name], checkpoint_path(name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        if fcntl is not None:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        pretrained = _load(name, recipe, path, device) if path.exists() else None
+        if pretrained is None:
+            pretrained = _train(name, recipe, path, device, progress)
+    pretrained.model.to(device).eval()
+    return pretrained
+
+
+def _load(name: str, recipe: Recipe, path: Path, device: torch.device) -> Pretrained | None:
+    """The checkpoint at ``path``, or None (with a warning) when it is unreadable or from another recipe."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=False)
+        if state.get("recipe") != recipe.fingerprint():
+            warnings.warn(f"{path} was trained by another version of the {name!r} recipe; retraining it",
+                          stacklevel=3)
+            return None
+        model = recipe.build(state["model_config"])
+        model.load_state_dict(state["model"])
+        tokenizer = CharTokenizer(state["itos"])
+        return Pretrained(model, tokenizer, History(**state["history"]), state["info"])
+    except (RuntimeError, KeyError, TypeError, ValueError, AttributeError, EOFError, pickle.UnpicklingError) as err:
+        warnings.warn(f"cannot read the checkpoint {path} ({type(err).__name__}: {err}); retraining {name!r}",
+                      stacklevel=3)
+        return None
+
+
+def _train(name: str, recipe: Recipe, path: Path, device: torch.device, progress: bool) -> Pretrained:
+    """Train ``recipe`` from its seed, save the checkpoint atomically, and return the result."""
+    text = load_text(recipe.corpus)
+    tokenizer = CharTokenizer().train(text)
+    ids = torch.tensor(tokenizer.encode(text))
+    n_train = int((1 - recipe.held_out) * len(ids))
+    train_ids, val_ids = ids[:n_train], ids[n_train:]
+    seed = recipe.train.seed
+    torch.manual_seed(seed)
+    model_config = {**recipe.config, "vocab_size": tokenizer.vocab_size}
+    model = recipe.build(model_config).to(device)
+    gen, val_gen = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed + 1)
+    history = train(model, lambda: sample_windows(train_ids, recipe.block_size, recipe.batch_size, gen),
+                    recipe.train, lambda: sample_windows(val_ids, recipe.block_size, recipe.batch_size, val_gen),
+                    device=device, progress=progress)
+    info = {"recipe": name, "description": recipe.description,
+            "val_loss_nats": evaluate_text(model, val_ids, recipe.block_size, device=device),
+            "seconds": history.seconds, "tokens": history.tokens,
+            "params": sum(p.numel() for p in model.parameters()), "device": str(device)}
+    save_checkpoint(path, model, model_config=model_config, itos=list(tokenizer.itos), history=asdict(history),
+                    info=info, recipe=recipe.fingerprint())
+    return Pretrained(model, tokenizer, history, info)
