@@ -11,7 +11,10 @@ JOBS ?= 2
 CELL_TIMEOUT ?= 600
 MATHJAX_VERSION := 3.2.2
 MATHJAX := .build/assets/mathjax/tex-chtml.js
-NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
+# Notebooks that train a model later chapters reuse go first (chapter 9 samples from chapter 7's GPT through
+# lmcourse.zoo), and long ones early, so that with JOBS workers nothing waits on a checkpoint at the end.
+FIRST_NOTEBOOKS := notebooks/07_transformer.ipynb notebooks/05_lstm.ipynb notebooks/03_mlp_lm.ipynb
+NOTEBOOKS := $(FIRST_NOTEBOOKS) $(filter-out $(FIRST_NOTEBOOKS),$(sort $(wildcard notebooks/*.ipynb)))
 # With several pytest workers on few cores, one torch thread each: OpenMP spin-waiting otherwise makes
 # small-tensor work 10-100x slower.
 ONE_THREAD := $(if $(filter-out 1,$(JOBS)),OMP_NUM_THREADS=1 LMCOURSE_THREADS=1)

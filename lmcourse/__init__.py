@@ -5,13 +5,17 @@ Each module holds one concept that a chapter builds from scratch and later chapt
 - :mod:`lmcourse.data` -- the course corpora (download, SHA-256 check, cache, offline mirror)
 - :mod:`lmcourse.runtime` -- device selection, CPU threads, seeding
 - :mod:`lmcourse.metrics` -- perplexity and bits per character
-- :mod:`lmcourse.tokenizers` -- tokenizers, starting with characters
+- :mod:`lmcourse.tokenizers` -- character, word, byte-level BPE, WordPiece and Unigram tokenizers
 - :mod:`lmcourse.ngram` -- n-gram language models: counting, smoothing, perplexity, sampling
 - :mod:`lmcourse.autodiff` -- scalar reverse-mode autodiff, Neuron/Linear/MLP, softmax and cross-entropy
-- :mod:`lmcourse.models` -- neural language models: the MLP LM (Bengio et al. 2003)
+- :mod:`lmcourse.models` -- neural language models: the MLP LM (Bengio et al. 2003), the GPT and its variants
 - :mod:`lmcourse.bptt` -- a NumPy RNN language model with hand-written backpropagation through time
 - :mod:`lmcourse.rnn` -- RNN, LSTM and GRU cells from their equations, and recurrent language models
+- :mod:`lmcourse.seq2seq` -- an encoder-decoder with and without additive attention, on a toy reversal task
+- :mod:`lmcourse.attention` -- scaled dot-product attention, its masks, and multi-head attention
+- :mod:`lmcourse.sampling` -- decoding: temperature, top-k, top-p, beam search, pass@k
 - :mod:`lmcourse.train` -- the shared training loop, schedules and checkpoints
+- :mod:`lmcourse.zoo` -- trained models shared between chapters: trained once on first use, then loaded
 """
 
 __version__ = "0.1.0"

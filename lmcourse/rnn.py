@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from lmcourse.sampling import check_sampling_args, sample_next
 from lmcourse.tokenizers import check_ids
 
 __all__ = ["RNNCell", "LSTMCell", "GRUCell", "unroll", "Recurrent", "RNNLM", "LSTMLM", "generate", "evaluate_stream"]
@@ -328,17 +329,18 @@ class LSTMLM(RNNLM):
 
 @torch.no_grad()
 def generate(model: RNNLM, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-             generator: torch.Generator | None = None) -> torch.Tensor:
+             generator: torch.Generator | None = None, top_k: int | None = None,
+             top_p: float | None = None) -> torch.Tensor:
     """Sample ``max_new_tokens`` tokens after the prompt idx (B, T), carrying the hidden state.
 
     The prompt is read once; then each sampled token is fed alone, so each step costs O(1) in the
-    length so far. Runs in eval mode (no dropout) and restores the model's mode.
+    length so far. Each token comes from :func:`lmcourse.sampling.sample_next` (temperature, then the
+    optional top-k and top-p filters of chapter 9). Runs in eval mode (no dropout) and restores the model's mode.
 
     Returns:
         (B, T + max_new_tokens) ids: the prompt followed by the samples.
     """
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+    check_sampling_args(temperature, top_k, top_p)
     if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
     was_training = model.training
@@ -346,8 +348,7 @@ def generate(model: RNNLM, idx: torch.Tensor, max_new_tokens: int, temperature: 
     logits, state = model.forward_with_state(idx)
     new = []
     for step in range(max_new_tokens):
-        probs = F.softmax(logits[:, -1] / temperature, dim=-1)  # (B, |V|)
-        new.append(torch.multinomial(probs, 1, generator=generator))  # (B, 1)
+        new.append(sample_next(logits[:, -1], temperature, top_k, top_p, generator=generator))  # (B, 1)
         if step < max_new_tokens - 1:
             logits, state = model.forward_with_state(new[-1], state)
     model.train(was_training)

@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from lmcourse.sampling import check_sampling_args, sample_next
 from lmcourse.tokenizers import check_ids
 
 __all__ = ["MLPLM", "make_windows"]
@@ -85,8 +86,9 @@ class MLPLM(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-                 generator: torch.Generator | None = None, reset_id: int | None = None) -> torch.Tensor:
-        """Sample ``max_new_tokens`` tokens after ``idx``, one at a time, each from softmax(logits / temperature).
+                 generator: torch.Generator | None = None, reset_id: int | None = None,
+                 top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
+        """Sample ``max_new_tokens`` tokens after ``idx``, one at a time, with :func:`lmcourse.sampling.sample_next`.
 
         Args:
             idx: (B, T) starting ids with T >= context_size; only the last context_size are read.
@@ -96,6 +98,7 @@ class MLPLM(nn.Module):
             reset_id: if given, whenever a row samples this id its window is refilled with it. This matches
                 windows built by ``make_windows(..., pad_id=reset_id)`` sequence by sequence: with the
                 newline as ``reset_id``, each new line starts from the same blank context as in training.
+            top_k, top_p: keep only the k most probable tokens / the nucleus of mass p (chapter 9).
 
         Returns:
             (B, T + max_new_tokens) ids: ``idx`` followed by the samples.
@@ -104,15 +107,13 @@ class MLPLM(nn.Module):
         if idx.shape[1] < self.context_size:
             raise ValueError(f"idx needs at least context_size={self.context_size} tokens per row to start "
                              f"from, got {idx.shape[1]}; pad the start (e.g. with the newline id)")
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
+        check_sampling_args(temperature, top_k, top_p)
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
         window = idx[:, -self.context_size:]
         new = []
         for _ in range(max_new_tokens):
-            probs = F.softmax(self(window) / temperature, dim=-1)  # (B, |V|)
-            nxt = torch.multinomial(probs, 1, generator=generator)  # (B, 1)
+            nxt = sample_next(self(window), temperature, top_k, top_p, generator=generator)  # (B, 1)
             new.append(nxt)
             window = torch.cat([window[:, 1:], nxt], dim=1)
             if reset_id is not None:
