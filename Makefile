@@ -12,7 +12,7 @@ CELL_TIMEOUT ?= 600
 MATHJAX_VERSION := 3.2.2
 MATHJAX := .build/assets/mathjax/tex-chtml.js
 # Notebooks that train a model later chapters reuse go first (chapter 9 samples from chapter 7's GPT through
-# lmcourse.zoo), and long ones early, so that with JOBS workers nothing waits on a checkpoint at the end.
+# lmcourse.zoo), and long ones early; --no-loadscope-reorder keeps this order (xdist would sort by cell count).
 FIRST_NOTEBOOKS := notebooks/07_transformer.ipynb notebooks/05_lstm.ipynb notebooks/03_mlp_lm.ipynb
 NOTEBOOKS := $(FIRST_NOTEBOOKS) $(filter-out $(FIRST_NOTEBOOKS),$(sort $(wildcard notebooks/*.ipynb)))
 # With several pytest workers on few cores, one torch thread each: OpenMP spin-waiting otherwise makes
@@ -60,7 +60,7 @@ unit: $(STAMP)  ## the package tests
 
 nbval: $(STAMP)  ## execute every notebook under nbval, JOBS at a time (1 thread each if JOBS > 1)
 	$(ONE_THREAD) $(PY) -m pytest --nbval-lax --nbval-cell-timeout=$(CELL_TIMEOUT) \
-	  -n $(JOBS) --dist loadfile $(NOTEBOOKS)
+	  -n $(JOBS) --dist loadfile --no-loadscope-reorder $(NOTEBOOKS)
 
 book-check: $(STAMP) $(MATHJAX)  ## build the book without executing notebooks, warnings as errors, and check it
 	mkdir -p .build

@@ -15,6 +15,8 @@ Each module holds one concept that a chapter builds from scratch and later chapt
 - :mod:`lmcourse.attention` -- scaled dot-product attention, its masks, and multi-head attention
 - :mod:`lmcourse.sampling` -- decoding: temperature, top-k, top-p, beam search, pass@k
 - :mod:`lmcourse.train` -- the shared training loop, schedules and checkpoints
+- :mod:`lmcourse.efficiency` -- online softmax, tiled (FlashAttention-style) attention, FLOP accounting and MFU
+- :mod:`lmcourse.ddp` -- data-parallel training with DistributedDataParallel, launched by ``torchrun``
 - :mod:`lmcourse.zoo` -- trained models shared between chapters: trained once on first use, then loaded
 """
 

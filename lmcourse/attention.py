@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["scaled_dot_product_attention", "causal_mask", "padding_mask", "MultiHeadAttention"]
+__all__ = ["scaled_dot_product_attention", "causal_mask", "padding_mask", "KVCache", "MultiHeadAttention"]
 
 
 def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
@@ -64,18 +64,21 @@ def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
 
 
 def causal_mask(T_q: int, T_k: int | None = None, window: int | None = None,
-                device: torch.device | str | None = None) -> torch.Tensor:
+                device: torch.device | str | None = None, offset: int = 0) -> torch.Tensor:
     """(T_q, T_k) boolean mask, True where position i may attend to j: j <= i, and i - window < j with a window.
 
     Query i and key j count from 0 (top-left alignment, as ``is_causal=True`` in torch). ``window`` = w is
     sliding-window attention (Mistral): each position sees itself and the w - 1 positions before it.
+    ``offset`` = L puts query i at position L + i: the T_q new tokens after L cached ones (a KV cache).
     """
     T_k = T_q if T_k is None else T_k
     if T_q < 1 or T_k < 1:
         raise ValueError(f"T_q and T_k must be positive, got T_q={T_q}, T_k={T_k}")
     if window is not None and (not isinstance(window, int) or window < 1):
         raise ValueError(f"window must be a positive integer or None, got {window!r}")
-    i = torch.arange(T_q, device=device)[:, None]  # (T_q, 1)
+    if offset < 0:
+        raise ValueError(f"offset must be >= 0, got {offset}")
+    i = torch.arange(offset, offset + T_q, device=device)[:, None]  # (T_q, 1)
     j = torch.arange(T_k, device=device)[None, :]  # (1, T_k)
     mask = j <= i
     if window is not None:
@@ -94,6 +97,43 @@ def padding_mask(lengths: torch.Tensor | list[int], T: int) -> torch.Tensor:
     if len(lengths) and (int(lengths.min()) < 0 or int(lengths.max()) > T):
         raise ValueError(f"lengths must lie in 0..T={T}, got {lengths.tolist()}")
     return (torch.arange(T, device=lengths.device)[None, :] < lengths[:, None])[:, None, None, :]
+
+
+class KVCache:
+    """The keys and values one attention layer has computed so far, for fast autoregressive decoding.
+
+    Generating token t needs the keys k_1..k_t and values v_1..v_t of every earlier position, but only the
+    query q_t of the new one; earlier queries and scores are never needed again, so only K and V are cached.
+    Storage is preallocated for ``max_len`` positions; :meth:`append` writes the new rows in place.
+
+    Args:
+        B, n_kv_head, max_len, head_dim: the shape (B, n_kv_head, max_len, head_dim) of each of K and V.
+    """
+
+    def __init__(self, B: int, n_kv_head: int, max_len: int, head_dim: int, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> None:
+        self.k = torch.zeros(B, n_kv_head, max_len, head_dim, device=device, dtype=dtype)
+        self.v = torch.zeros_like(self.k)
+        self.length = 0  # positions filled so far
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[2]
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v (B, n_kv_head, T, head_dim) after the cached ones; return all keys and values so far,
+        (B, n_kv_head, length, head_dim) views of the storage."""
+        T, L = k.shape[2], self.length
+        if k.shape != v.shape or k.shape[:2] != self.k.shape[:2] or k.shape[3] != self.k.shape[3]:
+            raise ValueError(f"k and v must be (B, n_kv_head, T, head_dim) = {tuple(self.k.shape[:2])} + (T, "
+                             f"{self.k.shape[3]}), got {tuple(k.shape)} and {tuple(v.shape)}")
+        if L + T > self.max_len:
+            raise ValueError(f"the cache holds {self.max_len} positions; {L} are used and {T} more do not fit: "
+                             "crop the context and rebuild the cache")
+        self.k[:, :, L:L + T] = k
+        self.v[:, :, L:L + T] = v
+        self.length = L + T
+        return self.k[:, :, :self.length], self.v[:, :, :self.length]
 
 
 class MultiHeadAttention(nn.Module):
@@ -128,7 +168,8 @@ class MultiHeadAttention(nn.Module):
         self.o_proj = nn.Linear(d_model, d_model, bias=bias)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, mask: torch.Tensor | None = None,
-                is_causal: bool = False, window: int | None = None, rope: nn.Module | None = None) -> torch.Tensor:
+                is_causal: bool = False, window: int | None = None, rope: nn.Module | None = None,
+                cache: KVCache | None = None, positions: torch.Tensor | None = None) -> torch.Tensor:
         """Attention of the positions of x over x itself (self-attention) or over ``context`` (cross-attention).
 
         Args:
@@ -139,6 +180,11 @@ class MultiHeadAttention(nn.Module):
             window: sliding-window size (needs ``is_causal``): i attends to i - window < j <= i.
             rope: a rotary embedding (``lmcourse.models.layers.RotaryEmbedding``) applied to q and k
                 (self-attention only).
+            cache: a :class:`KVCache` (self-attention only): x holds the T tokens after the ``cache.length``
+                cached ones; their keys and values are appended and the queries attend to all of them. A given
+                ``mask`` is then (B, n_head, T, cache.length + T) over the cached and new keys.
+            positions: (B, T) position of each token for ``rope`` (e.g. rows counted from their first real
+                token under left padding); default cache.length + 0..T-1.
 
         Returns:
             (B, T, d_model).
@@ -149,6 +195,8 @@ class MultiHeadAttention(nn.Module):
             raise ValueError("window (sliding-window attention) needs is_causal=True")
         if rope is not None and context is not None:
             raise ValueError("rope applies to self-attention only (queries and keys from the same positions)")
+        if cache is not None and context is not None:
+            raise ValueError("a KV cache is for self-attention only; cross-attention keys do not grow")
         if mask is not None and mask.dtype != torch.bool:
             raise ValueError(f"mask must be boolean (True = may attend), got {mask.dtype}")
         B, T, C = x.shape
@@ -165,14 +213,21 @@ class MultiHeadAttention(nn.Module):
         q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, n_head, T, hd)
         k = k.view(B, S, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, n_kv_head, S, hd)
         v = v.view(B, S, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, n_kv_head, S, hd)
+        L = 0 if cache is None else cache.length  # tokens already cached: x holds positions L..L+T-1
         if rope is not None:
-            q, k = rope(q), rope(k)
+            q, k = (rope(q, positions=positions), rope(k, positions=positions)) if positions is not None \
+                else (rope(q, offset=L), rope(k, offset=L))
+        if cache is not None:
+            k, v = cache.append(k, v)  # (B, n_kv_head, L + T, hd): the cached keys and values, then the new ones
+            S = L + T
         if self.n_kv_head != self.n_head:  # each k/v head serves n_head / n_kv_head consecutive query heads
             rep = self.n_head // self.n_kv_head
             k = k.repeat_interleave(rep, dim=1)  # (B, n_head, S, hd)
             v = v.repeat_interleave(rep, dim=1)
-        if is_causal and (mask is not None or window is not None):  # torch's kernel takes one or the other
-            causal = causal_mask(T, S, window=window, device=x.device)
+        if is_causal and T == 1 and L and window is None:  # one new token may attend to every cached one
+            is_causal = False
+        if is_causal and (mask is not None or window is not None or L):  # torch's kernel takes one or the other
+            causal = causal_mask(T, S, window=window, device=x.device, offset=L)
             mask, is_causal = causal if mask is None else mask & causal, False
         dropout = self.dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal)

@@ -2,14 +2,21 @@
 
 A model is any ``torch.nn.Module`` whose ``model(x, targets)`` returns ``(logits, loss)`` with the
 mean cross-entropy in nats (the nanoGPT convention). Batches come from callables that return
-``(x, y)`` pairs of token ids, e.g. :func:`sample_windows` over a long id tensor.
+``(x, y)`` pairs of token ids, e.g. :func:`sample_windows` over a long id tensor. A callable that takes
+one argument gets the loop's own ``torch.Generator`` (seeded from ``cfg.seed``), which makes the batch
+stream part of the checkpoint, so that a resumed run draws exactly the batches the uninterrupted one would.
 
-The loop: AdamW, linear warm-up then cosine decay of the learning rate, gradient-norm clipping,
-periodic evaluation on held-out batches, a progress bar, and checkpoints written atomically.
+The loop: AdamW (fused on CUDA), linear warm-up then cosine decay of the learning rate, gradient-norm
+clipping, gradient accumulation, automatic mixed precision (bf16, or fp16 with a gradient scaler), optional
+``torch.compile``, periodic evaluation on held-out batches, a progress bar, tokens/s (and MFU) per step,
+and checkpoints written atomically from which :func:`train` can resume (chapter 11).
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import inspect
 import math
 import os
 import pickle
@@ -21,15 +28,26 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from lmcourse.efficiency import peak_flops
+
 __all__ = ["TrainConfig", "History", "sample_windows", "lr_at", "evaluate", "train", "save_checkpoint",
            "load_checkpoint"]
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+BatchFn = Callable[[], Batch] | Callable[[torch.Generator], Batch]
 
 
 @dataclass
 class TrainConfig:
-    """Hyper-parameters of :func:`train`. ``lr`` is the peak learning rate reached after warm-up."""
+    """Hyper-parameters of :func:`train`. ``lr`` is the peak learning rate reached after warm-up.
+
+    One optimiser step sums the gradients of ``grad_accum_steps`` batches (an effective batch that many times
+    larger). ``amp`` = "bf16" or "fp16" runs the forward pass under autocast in that precision (fp16 with a
+    ``torch.amp.GradScaler``); ``compile`` wraps the model in ``torch.compile``; ``fused`` picks the fused AdamW
+    kernel (default: on CUDA). With ``flops_per_token`` (e.g. ``lmcourse.efficiency.gpt_flops_per_token``) and
+    ``peak_flops`` (FLOP/s; looked up for known GPUs when None), the history records the MFU of each step.
+    ``checkpoint_interval`` also writes the checkpoint every that many steps (to resume after a crash).
+    """
 
     max_steps: int
     lr: float = 3e-3
@@ -41,6 +59,13 @@ class TrainConfig:
     eval_interval: int = 100  # evaluate every this many steps (and at the end)
     eval_batches: int = 20
     seed: int = 0
+    grad_accum_steps: int = 1
+    amp: str | None = None  # None (float32) | "bf16" | "fp16"
+    compile: bool = False
+    fused: bool | None = None  # fused AdamW; None = on CUDA only
+    checkpoint_interval: int | None = None
+    flops_per_token: float | None = None
+    peak_flops: float | None = None
 
     def __post_init__(self) -> None:
         if self.max_steps < 1:
@@ -53,11 +78,18 @@ class TrainConfig:
             raise ValueError(f"grad_clip must be positive or None, got {self.grad_clip}")
         if self.eval_interval < 1 or self.eval_batches < 1:
             raise ValueError("eval_interval and eval_batches must be at least 1")
+        if not isinstance(self.grad_accum_steps, int) or self.grad_accum_steps < 1:
+            raise ValueError(f"grad_accum_steps must be a positive integer, got {self.grad_accum_steps!r}")
+        if self.amp not in (None, "bf16", "fp16"):
+            raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {self.amp!r}")
+        if self.checkpoint_interval is not None and self.checkpoint_interval < 1:
+            raise ValueError(f"checkpoint_interval must be positive or None, got {self.checkpoint_interval}")
 
 
 @dataclass
 class History:
-    """What a run measured: per-step training loss and learning rate, periodic validation loss."""
+    """What a run measured: per-step training loss, learning rate, gradient norm, throughput (and MFU),
+    and periodic validation loss."""
 
     train_loss: list[float] = field(default_factory=list)
     lr: list[float] = field(default_factory=list)
@@ -66,6 +98,8 @@ class History:
     val_loss: list[float] = field(default_factory=list)
     seconds: float = 0.0
     tokens: int = 0
+    tokens_per_s: list[float] = field(default_factory=list)
+    mfu: list[float] = field(default_factory=list)
 
 
 def sample_windows(ids: torch.Tensor, block_size: int, batch_size: int,
@@ -91,64 +125,142 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return min_lr + 0.5 * (cfg.lr - min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def _takes_generator(batches: Callable) -> bool:
+    """Whether the batch callable takes the loop's generator: a required positional argument, or a positional
+    ``generator`` (e.g. ``functools.partial(sample_windows, ids, T, B)``); zero-argument callables do not."""
+    try:
+        params = inspect.signature(batches).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return any(p.kind in positional and (p.default is p.empty or p.name == "generator") for p in params)
+
+
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, batches: Callable[[], Batch], n_batches: int,
-             device: torch.device | str = "cpu") -> float:
-    """Mean loss of ``model`` over ``n_batches`` batches (in eval mode; the mode is restored after)."""
+def evaluate(model: torch.nn.Module, batches: BatchFn, n_batches: int, device: torch.device | str = "cpu",
+             seed: int = 0) -> float:
+    """Mean loss of ``model`` over ``n_batches`` batches (in eval mode; the mode is restored after).
+
+    A callable that takes a generator gets a fresh one seeded with ``seed``: every evaluation sees the same batches.
+    """
     was_training = model.training
     model.eval()
+    gen = torch.Generator().manual_seed(seed)
+    draw = (lambda: batches(gen)) if _takes_generator(batches) else batches
     losses = []
     for _ in range(n_batches):
-        x, y = (t.to(device) for t in batches())
+        x, y = (t.to(device) for t in draw())
         losses.append(model(x, y)[1].item())
     model.train(was_training)
     return sum(losses) / len(losses)
 
 
-def train(model: torch.nn.Module, train_batches: Callable[[], Batch], cfg: TrainConfig,
-          val_batches: Callable[[], Batch] | None = None, device: torch.device | str = "cpu",
-          checkpoint: str | os.PathLike | None = None, progress: bool = True) -> History:
-    """Train ``model`` in place for ``cfg.max_steps`` AdamW steps; returns the :class:`History`.
-
-    Weight decay, if any, applies to the groups of ``model.param_groups(weight_decay)`` when the model defines
-    it (e.g. GPT: linear weights only), otherwise to matrices (``dim >= 2``), not to biases or norm gains.
-    With ``checkpoint``, the model, optimiser and config are saved there at the end.
-    """
-    torch.manual_seed(cfg.seed)
-    model.to(device).train()
+def _optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW over ``model.param_groups(weight_decay)`` when defined, else decay on matrices only."""
     if hasattr(model, "param_groups"):
         groups = model.param_groups(cfg.weight_decay)
     else:
         decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
         no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
         groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
-    history = History()
-    start = time.perf_counter()
-    bar = tqdm(range(cfg.max_steps), desc="training", disable=not progress)
+    fused = device.type == "cuda" if cfg.fused is None else cfg.fused
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, **({"fused": True} if fused else {}))
+
+
+def _peak(cfg: TrainConfig, device: torch.device) -> float | None:
+    """The peak FLOP/s for MFU: the configured one, or the table's for a known GPU, or None."""
+    if cfg.flops_per_token is None:
+        return None
+    try:
+        return peak_flops(device, cfg.amp or "tf32", cfg.peak_flops)
+    except ValueError:
+        return None
+
+
+def train(model: torch.nn.Module, train_batches: BatchFn, cfg: TrainConfig, val_batches: BatchFn | None = None,
+          device: torch.device | str = "cpu", checkpoint: str | os.PathLike | None = None, progress: bool = True,
+          resume: str | os.PathLike | None = None) -> History:
+    """Train ``model`` in place for ``cfg.max_steps`` AdamW steps; returns the :class:`History`.
+
+    Weight decay, if any, applies to the groups of ``model.param_groups(weight_decay)`` when the model defines
+    it (e.g. GPT: linear weights only), otherwise to matrices (``dim >= 2``), not to biases or norm gains.
+    With ``checkpoint``, the model, optimiser, gradient scaler, step, random states (torch CPU/CUDA and the
+    batch generator), history, the config and ``model.config`` (if the model has one) are saved there at the
+    end (and every ``cfg.checkpoint_interval`` steps). ``resume`` = such a checkpoint: training continues from
+    its step, and with a batch callable that takes the generator, it gives exactly the losses of an
+    uninterrupted run (the returned history covers all steps).
+    """
+    device = torch.device(device)
+    torch.manual_seed(cfg.seed)
+    model.to(device).train()
+    optimizer = _optimizer(model, cfg, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16 if cfg.amp == "bf16" else torch.float16)
+                if cfg.amp else contextlib.nullcontext())
+    forward = torch.compile(model) if cfg.compile else model
+    gen = torch.Generator().manual_seed(cfg.seed)  # the batch stream's random state
+    draw = (lambda: train_batches(gen)) if _takes_generator(train_batches) else train_batches
+    history, first = History(), 0
+    if resume is not None:
+        state = load_checkpoint(resume, model, optimizer, device)
+        missing = {"step", "history", "scaler", "rng"} - set(state)
+        if missing:
+            raise ValueError(f"{resume} has no {sorted(missing)}: only checkpoints written by train(checkpoint=...) "
+                             "can be resumed")
+        first, history = state["step"], History(**state["history"])
+        scaler.load_state_dict(state["scaler"])
+        gen.set_state(state["rng"]["batches"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if torch.cuda.is_available() and state["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    peak = _peak(cfg, device)
+
+    def save(step: int) -> None:
+        rng = {"torch": torch.get_rng_state(), "batches": gen.get_state(),
+               "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+        model_config = getattr(model, "config", None)
+        extra = {"model_config": asdict(model_config)} if dataclasses.is_dataclass(model_config) else {}
+        save_checkpoint(checkpoint, model, optimizer, step=step, config=asdict(cfg), scaler=scaler.state_dict(),
+                        rng=rng, history=asdict(history), **extra)
+
+    start = time.perf_counter() - history.seconds
+    bar = tqdm(range(first, cfg.max_steps), desc="training", disable=not progress)
     for step in bar:
+        step_start = time.perf_counter()
         lr = lr_at(step, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        x, y = (t.to(device) for t in train_batches())
-        _, loss = model(x, y)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss_sum, tokens = 0.0, 0
+        for _ in range(cfg.grad_accum_steps):  # gradients add up over the micro-batches
+            x, y = (t.to(device) for t in draw())
+            with autocast:
+                _, loss = forward(x, y)
+            scaler.scale(loss / cfg.grad_accum_steps).backward()
+            loss_sum, tokens = loss_sum + loss.item(), tokens + y.numel()
+        scaler.unscale_(optimizer)  # true gradients for clipping (a no-op without fp16)
         max_norm = cfg.grad_clip if cfg.grad_clip is not None else math.inf
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-        optimizer.step()
-        history.train_loss.append(loss.item())
+        scaler.step(optimizer)
+        scaler.update()
+        tokens_per_s = tokens / (time.perf_counter() - step_start)
+        history.train_loss.append(loss_sum / cfg.grad_accum_steps)
         history.lr.append(lr)
         history.grad_norm.append(norm.item())
-        history.tokens += y.numel()
+        history.tokens += tokens
+        history.tokens_per_s.append(tokens_per_s)
+        if peak is not None:
+            history.mfu.append(tokens_per_s * cfg.flops_per_token / peak)
         last = step == cfg.max_steps - 1
         if val_batches is not None and ((step + 1) % cfg.eval_interval == 0 or last):
             history.val_step.append(step + 1)
-            history.val_loss.append(evaluate(model, val_batches, cfg.eval_batches, device))
-            bar.set_postfix(train=f"{loss.item():.3f}", val=f"{history.val_loss[-1]:.3f}")
-    history.seconds = time.perf_counter() - start
+            history.val_loss.append(evaluate(model, val_batches, cfg.eval_batches, device, cfg.seed + 1))
+            bar.set_postfix(train=f"{history.train_loss[-1]:.3f}", val=f"{history.val_loss[-1]:.3f}")
+        history.seconds = time.perf_counter() - start
+        if checkpoint is not None and cfg.checkpoint_interval and (step + 1) % cfg.checkpoint_interval == 0:
+            save(step + 1)
     if checkpoint is not None:
-        save_checkpoint(checkpoint, model, optimizer, step=cfg.max_steps, config=asdict(cfg))
+        save(cfg.max_steps)
     return history
 
 

@@ -101,3 +101,134 @@ def test_checkpoint_round_trip_and_errors(tmp_path):
         load_checkpoint(tmp_path / "bad.pt", other)
     with pytest.raises(FileNotFoundError, match="no checkpoint at"):
         load_checkpoint(tmp_path / "missing.pt", other)
+
+
+def tiny_gpt(seed: int = 0, dropout: float = 0.1):
+    from lmcourse.models import GPT
+    from lmcourse.models.gpt import GPTConfig
+
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=16, dropout=dropout))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"max_steps": 5, "grad_accum_steps": 0}, "grad_accum_steps must be a positive integer"),
+    ({"max_steps": 5, "amp": "fp8"}, "amp must be None, 'bf16' or 'fp16'"),
+    ({"max_steps": 5, "checkpoint_interval": 0}, "checkpoint_interval must be positive"),
+])
+def test_bad_new_config_is_rejected(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**kwargs)
+
+
+def test_resume_from_checkpoint_reproduces_the_uninterrupted_run_exactly(tmp_path):
+    ids = torch.randint(0, 11, (300,), generator=torch.Generator().manual_seed(0))
+
+    def batches(generator):  # takes the loop's generator: the batch stream is saved in the checkpoint
+        return sample_windows(ids, 8, 4, generator)
+
+    cfg = TrainConfig(max_steps=8, lr=1e-2, warmup_steps=2, eval_interval=3, eval_batches=2, checkpoint_interval=4)
+    straight_model = tiny_gpt()
+    straight = train(straight_model, batches, cfg, val_batches=batches, progress=False)
+
+    calls = []
+
+    def crashing(generator):  # the machine "dies" while fetching the batch of step 5
+        calls.append(1)
+        if len(calls) > 4:
+            raise RuntimeError("power cut")
+        return batches(generator)
+
+    path = tmp_path / "run.pt"
+    with pytest.raises(RuntimeError, match="power cut"):
+        train(tiny_gpt(), crashing, cfg, val_batches=batches, checkpoint=path, progress=False)
+    state = torch.load(path, weights_only=False)
+    assert state["step"] == 4 and state["model_config"]["n_embd"] == 16 and len(state["history"]["train_loss"]) == 4
+    resumed_model = tiny_gpt(seed=123)  # other initial weights: everything must come from the checkpoint
+    resumed = train(resumed_model, batches, cfg, val_batches=batches, checkpoint=path, progress=False, resume=path)
+    assert resumed.train_loss == straight.train_loss  # exact, dropout included
+    assert resumed.val_step == straight.val_step and resumed.val_loss == straight.val_loss
+    for a, b in zip(resumed_model.parameters(), straight_model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert torch.load(path, weights_only=False)["step"] == 8
+    save_checkpoint(tmp_path / "plain.pt", resumed_model, step=3)
+    with pytest.raises(ValueError, match="only checkpoints written by train"):
+        train(tiny_gpt(), batches, cfg, progress=False, resume=tmp_path / "plain.pt")
+
+
+def test_gradient_accumulation_equals_one_big_batch():
+    x = torch.randint(0, 11, (8, 8), generator=torch.Generator().manual_seed(1))
+    y = torch.randint(0, 11, (8, 8), generator=torch.Generator().manual_seed(2))
+    halves = iter([(x[:4], y[:4]), (x[4:], y[4:])] * 3)
+    big, small = tiny_gpt(dropout=0.0).double(), tiny_gpt(dropout=0.0).double()  # float64: Adam amplifies rounding
+    h_big = train(big, lambda: (x, y), TrainConfig(max_steps=3, lr=1e-2), progress=False)
+    h_small = train(small, lambda: next(halves), TrainConfig(max_steps=3, lr=1e-2, grad_accum_steps=2), progress=False)
+    assert h_small.train_loss == pytest.approx(h_big.train_loss, rel=1e-12)
+    assert h_small.tokens == h_big.tokens == 3 * 64
+    for a, b in zip(big.parameters(), small.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-10)
+
+
+class DtypeSpy(torch.nn.Module):
+    """A bigram model that records the dtype its linear layer computes in."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb, self.lin, self.seen = torch.nn.Embedding(5, 8), torch.nn.Linear(8, 5), set()
+
+    def forward(self, x, targets):
+        logits = self.lin(self.emb(x))
+        self.seen.add(logits.dtype)
+        return logits, F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+
+
+@pytest.mark.parametrize("amp, dtype", [(None, torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_mixed_precision_runs_under_autocast_and_learns(amp, dtype):
+    ids = torch.tensor([0, 1, 2, 3, 4] * 40)
+    torch.manual_seed(0)
+    model = DtypeSpy()
+    hist = train(model, lambda g: sample_windows(ids, 6, 8, g), TrainConfig(max_steps=40, lr=3e-2, amp=amp),
+                 progress=False)
+    assert model.seen == {dtype}
+    assert hist.train_loss[-1] < 0.5 * hist.train_loss[0]
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # master weights stay float32
+
+
+def test_throughput_and_mfu_are_logged():
+    ids = torch.tensor([0, 1, 2, 3] * 50)
+    cfg = TrainConfig(max_steps=4, flops_per_token=1e6, peak_flops=1e12)
+    hist = train(Bigram(4), data_fn(ids), cfg, progress=False)
+    assert len(hist.tokens_per_s) == len(hist.mfu) == 4 and min(hist.tokens_per_s) > 0
+    assert hist.mfu == pytest.approx([t * 1e6 / 1e12 for t in hist.tokens_per_s])
+    assert train(Bigram(4), data_fn(ids), TrainConfig(max_steps=2), progress=False).mfu == []  # no peak on a CPU
+
+
+def test_compile_flag_trains_the_compiled_model_with_the_same_losses(monkeypatch):
+    compiled, real_compile = [], torch.compile
+
+    def eager_compile(model):  # dynamo traces the model; the "eager" backend skips inductor's slow C++ build
+        compiled.append(model)
+        return real_compile(model, backend="eager")
+
+    ids = torch.randint(0, 11, (300,), generator=torch.Generator().manual_seed(0))
+    monkeypatch.setattr(torch, "compile", eager_compile)
+    runs = []
+    for flag in (False, True):
+        model = tiny_gpt(dropout=0.0)
+        runs.append(train(model, lambda g: sample_windows(ids, 8, 4, g), TrainConfig(max_steps=3, compile=flag),
+                          progress=False).train_loss)
+    assert len(compiled) == 1 and runs[1] == pytest.approx(runs[0], abs=1e-6)
+
+
+def test_which_batch_callables_get_the_loops_generator():
+    from functools import partial
+
+    from lmcourse.train import _takes_generator
+
+    ids = torch.arange(50)
+    assert _takes_generator(lambda g: None) and _takes_generator(partial(sample_windows, ids, 4, 2))
+    assert not _takes_generator(lambda: None)
+    assert not _takes_generator(partial(sample_windows, ids, 4, 2, generator=torch.Generator()))  # already bound
+    hist = train(Bigram(50), partial(sample_windows, ids, 4, 2, generator=torch.Generator()), TrainConfig(max_steps=2),
+                 progress=False)
+    assert len(hist.train_loss) == 2

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lmcourse.attention import MultiHeadAttention
+from lmcourse.attention import KVCache, MultiHeadAttention
 
 if TYPE_CHECKING:
     from lmcourse.models.gpt import GPTConfig
@@ -104,13 +104,26 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("cos", angles.cos().float(), persistent=False)
         self.register_buffer("sin", angles.sin().float(), persistent=False)
 
-    def forward(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
-        """Rotate x (..., T, head_dim), whose rows are at positions offset..offset+T-1; returns the same shape."""
+    def forward(self, x: torch.Tensor, offset: int = 0, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Rotate x (..., T, head_dim), whose rows are at positions offset..offset+T-1; returns the same shape.
+
+        ``positions`` (B, T), for x (B, n_head, T, head_dim), gives each row of each sequence its own position
+        instead (e.g. counted from the first real token of a left-padded sequence).
+        """
         T = x.shape[-2]
-        if offset < 0 or offset + T > self.cos.shape[0]:
-            raise ValueError(f"positions {offset}..{offset + T - 1} are outside the table of {self.cos.shape[0]}")
-        cos = self.cos[offset:offset + T].to(x.dtype)  # (T, head_dim)
-        sin = self.sin[offset:offset + T].to(x.dtype)
+        if positions is not None:
+            if positions.shape != (x.shape[0], T) or x.ndim != 4:
+                raise ValueError(f"positions must be (B, T) = ({x.shape[0]}, {T}) for x (B, n_head, T, head_dim), "
+                                 f"got {tuple(positions.shape)} for x {tuple(x.shape)}")
+            if positions.numel() and (int(positions.min()) < 0 or int(positions.max()) >= self.cos.shape[0]):
+                raise ValueError(f"positions must lie in 0..{self.cos.shape[0] - 1}")
+            cos = self.cos[positions].to(x.dtype)[:, None]  # (B, 1, T, head_dim), broadcast over the heads
+            sin = self.sin[positions].to(x.dtype)[:, None]
+        else:
+            if offset < 0 or offset + T > self.cos.shape[0]:
+                raise ValueError(f"positions {offset}..{offset + T - 1} are outside the table of {self.cos.shape[0]}")
+            cos = self.cos[offset:offset + T].to(x.dtype)  # (T, head_dim)
+            sin = self.sin[offset:offset + T].to(x.dtype)
         x1, x2 = x.chunk(2, dim=-1)
         return x * cos + torch.cat([-x2, x1], dim=-1) * sin
 
@@ -145,7 +158,8 @@ class Block(nn.Module):
         self.drop = nn.Dropout(config.dropout)  # on each sub-layer's output, before it joins the residual stream
 
     def forward(self, x: torch.Tensor, rope: RotaryEmbedding | None = None, mask: torch.Tensor | None = None,
-                context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None) -> torch.Tensor:
+                context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None,
+                cache: KVCache | None = None, positions: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, T, n_embd) -> (B, T, n_embd).
 
         Args:
@@ -154,8 +168,10 @@ class Block(nn.Module):
                 (e.g. a padding mask), combined with the causal mask.
             context: (B, S, n_embd) encoder output, for a block built with ``cross=True``.
             context_mask: boolean mask over the context, broadcastable to (B, n_head, T, S).
+            cache, positions: the self-attention's KV cache and RoPE positions (see ``MultiHeadAttention``).
         """
-        x = x + self.drop(self.attn(self.ln_1(x), mask=mask, is_causal=self.causal, window=self.window, rope=rope))
+        x = x + self.drop(self.attn(self.ln_1(x), mask=mask, is_causal=self.causal, window=self.window, rope=rope,
+                                    cache=cache, positions=positions))
         if self.cross_attn is not None:
             if context is None:
                 raise ValueError("this block has cross-attention: pass the encoder output as context=")

@@ -1,0 +1,126 @@
+"""KV cache and batched generation of the GPT: same tokens as recomputing everything, and as one prompt at a time."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lmcourse.attention import KVCache, MultiHeadAttention, causal_mask
+from lmcourse.models import GPT
+from lmcourse.models.gpt import GPTConfig
+from lmcourse.models.layers import RotaryEmbedding
+from lmcourse.sampling import generate as reference_generate
+
+VARIANTS = [
+    {},
+    {"pos": "sinusoidal", "n_kv_head": 2},
+    {"pos": "rope", "n_kv_head": 1},
+    {"pos": "rope", "window": 5, "norm": "rmsnorm", "mlp": "swiglu", "bias": False},
+    {"pos": "learned", "window": 3},
+]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny matrices: one thread is several times faster than two on a busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny_gpt(block_size: int = 16, **kwargs) -> GPT:
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=40, block_size=block_size, n_layer=2, n_head=4, n_embd=32, **kwargs))
+    with torch.no_grad():  # larger weights than GPT-2's init, so that greedy decoding does not repeat one token
+        for p in model.parameters():
+            p.mul_(6.0) if p.dim() == 2 else None
+    return model
+
+
+@pytest.mark.parametrize("kwargs", VARIANTS)
+@pytest.mark.parametrize("greedy", [True, False])
+def test_cached_generation_gives_exactly_the_uncached_tokens(kwargs, greedy):
+    model = tiny_gpt(**kwargs)
+    prompt = torch.randint(0, 40, (2, 5), generator=torch.Generator().manual_seed(1))
+    outs = []
+    for use_cache in (True, False):  # 5 + 20 tokens: the cache overflows block_size = 16 and is rebuilt
+        g = torch.Generator().manual_seed(2)
+        outs.append(model.generate(prompt, 20, temperature=1.5, top_k=20, greedy=greedy, generator=g,
+                                   use_cache=use_cache))
+    g = torch.Generator().manual_seed(2)
+    ref = reference_generate(model, prompt, 20, temperature=1.5, top_k=20, greedy=greedy, generator=g)
+    assert outs[0].shape == (2, 25)
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], ref)
+    assert len(outs[0][:, 5:].unique()) >= (2 if greedy else 8)  # not a test passing on a constant sequence
+
+
+@pytest.mark.parametrize("kwargs", VARIANTS)
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_left_padded_batch_equals_one_prompt_at_a_time(kwargs, use_cache):
+    model = tiny_gpt(**kwargs).double()  # float64: batched and single matmuls differ only far below the argmax gaps
+    g = torch.Generator().manual_seed(3)
+    prompts = [torch.randint(0, 40, (n,), generator=g) for n in (2, 9, 5, 1)]
+    P = max(len(p) for p in prompts)
+    idx = torch.stack([torch.cat([torch.full((P - len(p),), 39), p]) for p in prompts])  # pads hold any id
+    mask = torch.stack([(torch.arange(P) >= P - len(p)).long() for p in prompts])
+    out = model.generate(idx, 12, greedy=True, attention_mask=mask, use_cache=use_cache)  # 9 + 12 > block_size
+    for row, p in zip(out, prompts, strict=True):
+        alone = model.generate(p[None], 12, greedy=True, use_cache=use_cache)[0]
+        assert torch.equal(row[P - len(p):], alone)
+
+
+def test_padding_mask_in_forward_matches_unpadded_logits_and_loss():
+    model = tiny_gpt(pos="rope").double()
+    x = torch.randint(0, 40, (1, 6), generator=torch.Generator().manual_seed(4))
+    y = torch.randint(0, 40, (1, 6), generator=torch.Generator().manual_seed(5))
+    padded = torch.cat([torch.zeros(1, 3, dtype=torch.long), x], dim=1)
+    mask = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 1, 1]])
+    logits, loss = model(x, y)
+    logits_p, loss_p = model(padded, torch.cat([torch.full((1, 3), 7), y], dim=1), attention_mask=mask)
+    assert torch.allclose(logits_p[:, 3:], logits, atol=1e-10)
+    assert loss_p.item() == pytest.approx(loss.item(), abs=1e-10)  # the targets at the pads left the loss
+
+
+def test_cache_holds_keys_and_values_of_n_kv_head_heads_and_positions_are_offset():
+    model = tiny_gpt(pos="rope", n_kv_head=2)
+    caches = model.new_caches(2)
+    assert caches[0].k.shape == (2, 2, 16, 8)  # (B, n_kv_head, block_size, head_dim)
+    x = torch.randint(0, 40, (2, 7), generator=torch.Generator().manual_seed(6))
+    full = model(x)
+    step1 = model(x[:, :4], caches=caches)
+    step2 = model(x[:, 4:], caches=caches)  # positions 4..6, attending to the 4 cached ones
+    assert caches[1].length == 7
+    assert torch.allclose(torch.cat([step1, step2], dim=1), full, atol=1e-5)
+
+
+def test_mha_with_cache_equals_full_attention_and_causal_offset():
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(16, 4, n_kv_head=2).eval()
+    rope = RotaryEmbedding(4, 32)
+    x = torch.randn(2, 9, 16)
+    full = mha(x, is_causal=True, window=4, rope=rope)
+    cache = KVCache(2, 2, 32, 4)
+    parts = [mha(x[:, a:b], is_causal=True, window=4, rope=rope, cache=cache) for a, b in ((0, 3), (3, 4), (4, 9))]
+    assert torch.allclose(torch.cat(parts, dim=1), full, atol=1e-6)
+    assert torch.equal(causal_mask(2, 5, offset=3), causal_mask(5, 5)[3:])
+
+
+def test_bad_cache_use_raises_value_error():
+    model = tiny_gpt(block_size=8)
+    caches = model.new_caches(1)
+    model(torch.zeros(1, 6, dtype=torch.long), caches=caches)
+    with pytest.raises(ValueError, match="6 cached \\+ 3 new tokens"):
+        model(torch.zeros(1, 3, dtype=torch.long), caches=caches)
+    with pytest.raises(ValueError, match="do not fit"):
+        caches[0].append(torch.zeros(1, 4, 3, 8), torch.zeros(1, 4, 3, 8))
+    with pytest.raises(ValueError, match="one KVCache per layer"):
+        model(torch.zeros(1, 1, dtype=torch.long), caches=caches[:1])
+    with pytest.raises(ValueError, match="attention_mask must be a \\(B, T\\)"):
+        model.generate(torch.zeros(2, 3, dtype=torch.long), 2, attention_mask=torch.ones(2, 4))
+    with pytest.raises(ValueError, match="only 0 \\(padding\\) and 1"):
+        model(torch.zeros(1, 3, dtype=torch.long), attention_mask=torch.tensor([[0, 2, 1]]))
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        model.generate(torch.zeros(1, 3, dtype=torch.long), -1)
+    with pytest.raises(ValueError, match="temperature"):
+        model.generate(torch.zeros(1, 3, dtype=torch.long), 2, temperature=0.0)
