@@ -62,16 +62,17 @@ nbval: $(STAMP)  ## execute every notebook under nbval, JOBS at a time (1 thread
 	$(ONE_THREAD) $(PY) -m pytest --nbval-lax --nbval-cell-timeout=$(CELL_TIMEOUT) \
 	  -n $(JOBS) --dist loadfile --no-loadscope-reorder $(NOTEBOOKS)
 
-book-check: $(STAMP) $(MATHJAX)  ## build the book without executing notebooks, warnings as errors, and check it
-	mkdir -p .build
+book-check: $(STAMP) $(MATHJAX)  ## build the book from nbval's outputs without executing, -W -n, and check it in Chromium
+	$(PY) tests/test_book.py stage .build/book-src
 	$(PY) -c "import yaml; c = yaml.safe_load(open('_config.yml')); c['execute']['execute_notebooks'] = 'off'; \
 	  yaml.safe_dump(c, open('.build/_config_check.yml', 'w'))"
-	$(VENV)/bin/jupyter-book build . --config .build/_config_check.yml --path-output .build/check \
+	rm -rf .build/check
+	$(VENV)/bin/jupyter-book build .build/book-src --config .build/_config_check.yml --path-output .build/check \
 	  --builder html -W -n --keep-going --quiet
 	LMCOURSE_BOOK_HTML=.build/check/_build/html $(PY) -m pytest -m book tests
 
-bench: $(STAMP)  ## run every peer benchmark, one process each (BENCH_ARGS=--quick for a smoke run)
-	for script in benchmarks/bench_*.py; do $(PY) $$script $(BENCH_ARGS); done
+bench: $(STAMP)  ## every peer benchmark, one process per pair -> book/benchmarks.md (BENCH_ARGS=--quick: a smoke run)
+	$(PY) benchmarks/run.py $(BENCH_ARGS)
 
 assignments: $(STAMP)  ## build the graded assignments (student versions, solutions, tests) -> .build/assignments
 	$(PY) assignments/build.py --out .build/assignments
