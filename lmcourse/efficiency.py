@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from lmcourse.models.gpt import GPTConfig
 
 __all__ = ["online_softmax", "tiled_attention", "gpt_params", "gpt_flops_per_token", "gpt_train_flops",
-           "petaflop_s_days", "GPT3", "PEAK_FLOPS", "peak_flops", "mfu"]
+           "petaflop_s_days", "kv_cache_bytes", "GPT3", "PEAK_FLOPS", "peak_flops", "mfu"]
 
 
 def online_softmax(x: torch.Tensor, dim: int = -1, block: int = 1) -> torch.Tensor:
@@ -182,6 +182,20 @@ def gpt_train_flops(config: GPTConfig, tokens: float, seq_len: int | None = None
 def petaflop_s_days(flops: float) -> float:
     """FLOPs expressed in petaflop/s-days (10^15 FLOP/s for a day), the unit of GPT-3's compute budget."""
     return flops / (1e15 * 86400)
+
+
+def kv_cache_bytes(config: GPTConfig, tokens: int | None = None, batch: int = 1, bytes_per_value: int = 2) -> int:
+    """Bytes of the KV cache of ``GPT(config)`` holding ``tokens`` positions (default block_size) of ``batch`` rows.
+
+    Every layer stores a key and a value vector per position and key/value head: 2 n_layer n_kv_head head_dim
+    values per token (fewer with grouped-query attention), ``bytes_per_value`` bytes each (2 for bf16/fp16).
+    """
+    T = config.block_size if tokens is None else tokens
+    if T < 0 or batch < 1 or bytes_per_value < 1:
+        raise ValueError(f"need tokens >= 0, batch >= 1 and bytes_per_value >= 1, got {tokens}, {batch}, "
+                         f"{bytes_per_value}")
+    n_kv_head = config.n_kv_head or config.n_head
+    return 2 * config.n_layer * n_kv_head * (config.n_embd // config.n_head) * T * batch * bytes_per_value
 
 
 # GPT-3 175B (Brown et al. 2020, Table 2.1 and Appendix D): 96 layers, d = 12288, 96 heads, T = 2048, 300B tokens

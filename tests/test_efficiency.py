@@ -15,6 +15,7 @@ from lmcourse.efficiency import (
     gpt_flops_per_token,
     gpt_params,
     gpt_train_flops,
+    kv_cache_bytes,
     mfu,
     online_softmax,
     peak_flops,
@@ -121,3 +122,15 @@ def test_mfu_and_peak():
         peak_flops("cpu")
     with pytest.raises(ValueError, match="peak must be positive"):
         mfu(1.0, 1.0, 0.0)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"n_kv_head": 2}, {"n_kv_head": 1, "pos": "rope"}])
+def test_kv_cache_bytes_equals_the_models_caches(kwargs):
+    config = GPTConfig(vocab_size=50, block_size=24, n_layer=3, n_head=4, n_embd=32, **kwargs)
+    caches = GPT(config).new_caches(B=5)  # float32: 4 bytes per value
+    assert kv_cache_bytes(config, batch=5, bytes_per_value=4) == sum(c.k.nbytes + c.v.nbytes for c in caches)
+    assert kv_cache_bytes(config, tokens=1) * 24 == kv_cache_bytes(config)
+    gpt3 = GPTConfig(**{k: v for k, v in GPT3.items() if k != "tokens"})
+    assert kv_cache_bytes(gpt3, tokens=1) == 2 * 96 * 12288 * 2  # 4.7 MB per token in bf16
+    with pytest.raises(ValueError, match="need tokens >= 0"):
+        kv_cache_bytes(config, tokens=-1)
