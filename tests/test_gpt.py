@@ -184,6 +184,22 @@ def test_bad_input_raises_value_error():
         model(ids(), ids().float())
 
 
+
+def test_off_the_cpu_the_checks_read_no_values():
+    """On CUDA, reading min/max would make the host wait for the GPU at every step. The meta device holds no
+    values at all (reading one raises) and, like CUDA, is not in _READ_VALUES_ON, so a forward pass on it shows
+    that only dtype and shape are checked there."""
+    model = tiny().to("meta")
+    x = ids().to("meta")
+    logits, loss = model(x, x)
+    assert logits.shape == (3, T, V) and loss.device.type == "meta"
+    with pytest.raises(ValueError, match="integer"):
+        model(x.float())
+    with pytest.raises(ValueError, match=r"2-D with shape \(B, T\), got shape \(8,\)"):
+        model(x[0])
+    with pytest.raises(ValueError, match="shape"):
+        model(x, x[:, :-1])
+
 @pytest.mark.parametrize("kwargs", [{}, {"pos": "rope"}, {"pos": "sinusoidal"}, {"n_kv_head": 1},
                                     {"causal": False}, {"window": 2, "n_layer": 1}])
 def test_causality(kwargs):

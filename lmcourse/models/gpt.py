@@ -136,7 +136,7 @@ class GPT(nn.Module):
         """
         validate = not torch.compiler.is_compiling()  # the checks read values (.min()): no graph breaks when compiled
         if validate:
-            check_ids(idx, self.vocab_size, "idx", 2, "(B, T)")
+            check_ids(idx, self.vocab_size, "idx", 2, "(B, T)", read_values=idx.device.type in _READ_VALUES_ON)
         B, T = idx.shape
         if caches is not None and len(caches) != len(self.blocks):
             raise ValueError(f"caches must hold one KVCache per layer ({len(self.blocks)}), got {len(caches)}")
@@ -267,13 +267,24 @@ class GPT(nn.Module):
         return model.train(hf_model.training)
 
 
+# Devices on which the checks read the ids' values (min and max): the CPU, where that is free, and MPS, whose
+# kernels do not check indices. On CUDA, reading a value makes the host wait until the GPU has computed it (a
+# host-device sync at every training step), and the embedding and cross-entropy kernels assert on bad ids themselves.
+_READ_VALUES_ON = ("cpu", "mps")
+
+
 def check_targets(targets: torch.Tensor, idx: torch.Tensor, vocab_size: int) -> None:
-    """Raise a ValueError unless ``targets`` is an integer tensor shaped like ``idx`` with ids in -1..vocab_size-1."""
+    """Raise a ValueError unless ``targets`` is an integer tensor shaped like ``idx`` with ids in -1..vocab_size-1.
+
+    The values are read (min and max) only on the devices of ``_READ_VALUES_ON``: on CUDA that would wait for the
+    GPU at every step, and the cross-entropy kernel asserts on out-of-range targets itself.
+    """
     if not isinstance(targets, torch.Tensor) or targets.dtype.is_floating_point or targets.dtype == torch.bool:
         raise ValueError(f"targets must be a tensor of integer token ids, got {getattr(targets, 'dtype', targets)!r}")
     if targets.shape != idx.shape:
         raise ValueError(f"targets must have the shape of idx {tuple(idx.shape)}, got {tuple(targets.shape)}")
-    if targets.numel() and (int(targets.min()) < -1 or int(targets.max()) >= vocab_size):
+    read_values = targets.device.type in _READ_VALUES_ON
+    if targets.numel() and read_values and (int(targets.min()) < -1 or int(targets.max()) >= vocab_size):
         raise ValueError(f"targets hold values from {int(targets.min())} to {int(targets.max())}; they must be ids "
                          f"in 0..{vocab_size - 1}, or -1 for positions left out of the loss")
 
