@@ -1,6 +1,9 @@
 """Trained models for the chapters that need one: train on first use, then load from a checkpoint.
 
-``get("char_gpt")`` returns the chapter-7 GPT trained on Tiny Shakespeare characters. The first call
+``get("char_gpt")`` returns the chapter-7 GPT trained on Tiny Shakespeare characters; ``"char_lstm"`` is
+chapter 5's LSTM, and ``"char_mlp"`` and ``"char_rnn"`` are the MLP (chapter 3) and plain RNN (chapter 4)
+of the capstone's ladder. Every model reads characters, trains on the first 90% of the text and is
+scored on the last 10% by its recipe's ``evaluate`` (``info["val_loss_nats"]``). The first call
 trains it (seeded, with a progress bar) and saves it under ``cache_dir() / "checkpoints"``; later calls,
 in this process or another, load the checkpoint. An exclusive lock on a ``.lock`` file next to the
 checkpoint makes a second process that asks at the same time wait for the first and then load.
@@ -25,14 +28,15 @@ import torch
 from lmcourse.data import cache_dir, load_text
 from lmcourse.runtime import get_device
 from lmcourse.tokenizers import CharTokenizer
-from lmcourse.train import History, TrainConfig, sample_windows, save_checkpoint, train
+from lmcourse.train import Batch, History, TrainConfig, sample_windows, save_checkpoint, train
 
 try:
     import fcntl
 except ImportError:  # Windows: no advisory locks; two processes may then both train
     fcntl = None
 
-__all__ = ["Recipe", "Pretrained", "RECIPES", "register", "names", "get", "checkpoint_path", "evaluate_text"]
+__all__ = ["Recipe", "Pretrained", "RECIPES", "register", "names", "get", "checkpoint_path", "evaluate_text",
+           "evaluate_windows", "evaluate_recurrent", "context_windows"]
 
 
 @dataclass(frozen=True)
@@ -41,7 +45,9 @@ class Recipe:
 
     ``build(config)`` returns the model from ``config`` plus ``vocab_size`` (filled in from the tokenizer),
     so the checkpoint can rebuild it from the stored dict alone. The model follows the course convention
-    ``model(x, targets) -> (logits, loss)``.
+    ``model(x, targets) -> (logits, loss)``. ``batches(train_ids, block_size, batch_size, generator)`` draws
+    one training batch (default: random windows x, y of shape (B, T)); ``evaluate(model, val_ids, block_size,
+    device=...)`` returns the mean loss in nats per predicted token of the whole held-out text.
     """
 
     description: str
@@ -52,11 +58,16 @@ class Recipe:
     batch_size: int
     corpus: str = "tinyshakespeare"
     held_out: float = 0.1  # the last fraction of the text is the validation split
+    batches: Callable[[torch.Tensor, int, int, torch.Generator], Batch] = sample_windows
+    evaluate: Callable[..., float] | None = None  # None: evaluate_text (consecutive windows of block_size)
 
     def fingerprint(self) -> dict:
         """Everything that determines the trained weights; a checkpoint with another fingerprint is stale."""
-        return {"config": self.config, "train": asdict(self.train), "block_size": self.block_size,
-                "batch_size": self.batch_size, "corpus": self.corpus, "held_out": self.held_out}
+        fingerprint = {"config": self.config, "train": asdict(self.train), "block_size": self.block_size,
+                       "batch_size": self.batch_size, "corpus": self.corpus, "held_out": self.held_out}
+        if self.batches is not sample_windows:  # only then, so that older checkpoints of char_gpt stay valid
+            fingerprint["batches"] = f"{self.batches.__module__}.{self.batches.__qualname__}"
+        return fingerprint
 
 
 @dataclass
@@ -73,6 +84,57 @@ def _gpt(config: dict) -> torch.nn.Module:
     from lmcourse.models import GPT, GPTConfig  # imported here: the zoo must not import every model up front
 
     return GPT(GPTConfig(**config))
+
+
+def _mlp(config: dict) -> torch.nn.Module:
+    from lmcourse.models import MLPLM
+
+    return MLPLM(**config)
+
+
+def _rnn(config: dict) -> torch.nn.Module:
+    from lmcourse.rnn import RNNLM
+
+    return RNNLM(**config, cell="rnn", fused=True)
+
+
+def _lstm(config: dict) -> torch.nn.Module:
+    from lmcourse.rnn import LSTMLM
+
+    return LSTMLM(**config, fused=True)
+
+
+def context_windows(ids: torch.Tensor, block_size: int, batch_size: int,
+                    generator: torch.Generator | None = None) -> Batch:
+    """``batch_size`` random contexts of a fixed-window model: x (B, block_size) and the next ids y (B,)."""
+    x, y = sample_windows(ids, block_size, batch_size, generator)
+    return x, y[:, -1]
+
+
+@torch.no_grad()
+def evaluate_windows(model: torch.nn.Module, ids: torch.Tensor, block_size: int, batch_size: int = 8192,
+                     device: torch.device | str = "cpu") -> float:
+    """Mean loss (nats/token) of a fixed-window model over ids[block_size:] (1-D), each from the block_size before."""
+    from lmcourse.models import make_windows
+
+    x, y = make_windows(ids, block_size)  # (N, block_size), (N,)
+    was_training = model.training
+    model.eval()
+    total = 0.0
+    for i in range(0, len(y), batch_size):
+        xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
+        total += model(xb, yb)[1].item() * len(yb)
+    model.train(was_training)
+    return total / len(y)
+
+
+def evaluate_recurrent(model: torch.nn.Module, ids: torch.Tensor, block_size: int,
+                       device: torch.device | str = "cpu") -> float:
+    """Mean loss (nats/token) of a recurrent model over ids (1-D), read in order as 32 streams with the state
+    carried (:func:`lmcourse.rnn.evaluate_stream`, 256 tokens at a time; ``block_size`` is the training length)."""
+    from lmcourse.rnn import evaluate_stream
+
+    return evaluate_stream(model.to(device), ids, batch_size=32, block_size=256)
 
 
 RECIPES: dict[str, Recipe] = {}
@@ -99,6 +161,37 @@ register("char_gpt", Recipe(
     train=TrainConfig(max_steps=1200, lr=4e-3, warmup_steps=100, weight_decay=0.1, betas=(0.9, 0.99),
                       grad_clip=1.0, eval_interval=200, eval_batches=10, seed=0),
     block_size=64, batch_size=12,
+))
+
+
+# Chapter 5's character LSTM: one layer of 320 with 64-dimensional embeddings, many small steps (see 5.7).
+register("char_lstm", Recipe(
+    description="LSTM, 1 layer x 320 with 64-dim embeddings, on Tiny Shakespeare characters",
+    build=_lstm,
+    config=dict(hidden_size=320, n_layers=1, n_embd=64),
+    train=TrainConfig(max_steps=2400, lr=5e-3, warmup_steps=50, weight_decay=0.0, grad_clip=1.0,
+                      eval_interval=300, eval_batches=25, seed=0),
+    block_size=64, batch_size=16, evaluate=evaluate_recurrent,
+))
+
+# The capstone's MLP (chapter 3's shape, k = 8) and plain RNN (chapter 4's tanh RNN with an embedding), sized
+# to train in about a minute each on one CPU thread (chapter 12 trains them on first use).
+register("char_mlp", Recipe(
+    description="MLP LM (Bengio et al.), k = 8 characters, 16-dim embeddings, 256 tanh units",
+    build=_mlp,
+    config=dict(context_size=8, n_embd=16, n_hidden=256),
+    train=TrainConfig(max_steps=3000, lr=5e-3, warmup_steps=50, weight_decay=0.0, grad_clip=1.0,
+                      eval_interval=500, eval_batches=10, seed=0),
+    block_size=8, batch_size=512, batches=context_windows, evaluate=evaluate_windows,
+))
+
+register("char_rnn", Recipe(
+    description="tanh RNN, 1 layer x 256 with 64-dim embeddings, on Tiny Shakespeare characters",
+    build=_rnn,
+    config=dict(hidden_size=256, n_layers=1, n_embd=64),
+    train=TrainConfig(max_steps=1500, lr=3e-3, warmup_steps=50, weight_decay=0.0, grad_clip=1.0,
+                      eval_interval=300, eval_batches=10, seed=0),
+    block_size=64, batch_size=16, evaluate=evaluate_recurrent,
 ))
 
 
@@ -176,11 +269,12 @@ def _train(name: str, recipe: Recipe, path: Path, device: torch.device, progress
     model_config = {**recipe.config, "vocab_size": tokenizer.vocab_size}
     model = recipe.build(model_config).to(device)
     gen, val_gen = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed + 1)
-    history = train(model, lambda: sample_windows(train_ids, recipe.block_size, recipe.batch_size, gen),
-                    recipe.train, lambda: sample_windows(val_ids, recipe.block_size, recipe.batch_size, val_gen),
+    history = train(model, lambda: recipe.batches(train_ids, recipe.block_size, recipe.batch_size, gen),
+                    recipe.train, lambda: recipe.batches(val_ids, recipe.block_size, recipe.batch_size, val_gen),
                     device=device, progress=progress)
+    evaluate = recipe.evaluate or evaluate_text
     info = {"recipe": name, "description": recipe.description,
-            "val_loss_nats": evaluate_text(model, val_ids, recipe.block_size, device=device),
+            "val_loss_nats": evaluate(model, val_ids, recipe.block_size, device=device),
             "seconds": history.seconds, "tokens": history.tokens,
             "params": sum(p.numel() for p in model.parameters()), "device": str(device)}
     save_checkpoint(path, model, model_config=model_config, itos=list(tokenizer.itos), history=asdict(history),

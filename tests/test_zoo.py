@@ -149,3 +149,58 @@ def test_char_gpt_recipe_builds_the_chapter_7_gpt():
     x, y = torch.randint(65, (2, 2, recipe.block_size), generator=torch.Generator().manual_seed(0))
     logits, loss = model(x, y)
     assert logits.shape == (2, recipe.block_size, 65) and loss.item() == pytest.approx(math.log(65), rel=0.05)
+
+
+def test_char_gpt_fingerprint_is_unchanged_by_the_new_recipe_fields():
+    """Checkpoints trained before recipes had ``batches`` and ``evaluate`` must stay valid."""
+    assert set(zoo.RECIPES["char_gpt"].fingerprint()) == {"config", "train", "block_size", "batch_size", "corpus",
+                                                          "held_out"}
+    assert zoo.RECIPES["char_mlp"].fingerprint()["batches"] == "lmcourse.zoo.context_windows"
+
+
+@pytest.mark.parametrize("name", ["char_mlp", "char_rnn", "char_lstm"])
+def test_ladder_recipes_build_models_that_train_on_their_batches(name):
+    recipe = zoo.RECIPES[name]
+    model = recipe.build({**recipe.config, "vocab_size": 65})
+    ids = torch.randint(65, (500,), generator=torch.Generator().manual_seed(0))
+    x, y = recipe.batches(ids, recipe.block_size, 3, torch.Generator().manual_seed(0))
+    logits, loss = model(x, y)
+    assert logits.shape == (*y.shape, 65) and loss.item() == pytest.approx(math.log(65), rel=0.05)
+    nats = recipe.evaluate(model, ids, recipe.block_size, device="cpu")
+    assert nats == pytest.approx(math.log(65), rel=0.05)
+
+
+def test_context_windows_pair_each_context_with_the_next_token():
+    ids = torch.arange(100)
+    x, y = zoo.context_windows(ids, 5, 7, torch.Generator().manual_seed(0))
+    assert x.shape == (7, 5) and torch.equal(y, x[:, -1] + 1) and torch.equal(x[:, 1:] - x[:, :-1], torch.ones(7, 4))
+
+
+def test_evaluate_windows_and_recurrent_score_the_whole_text():
+    from lmcourse.models import MLPLM
+    from lmcourse.rnn import RNNLM, evaluate_stream
+
+    ids = torch.randint(20, (301,), generator=torch.Generator().manual_seed(0))
+    mlp = MLPLM(20, 3, n_embd=4, n_hidden=8)
+    x = ids.unfold(0, 3, 1)[:-1]  # every full window, predicting ids[3:]
+    expected = F.cross_entropy(mlp(x), ids[3:]).item()
+    assert zoo.evaluate_windows(mlp, ids, 3, batch_size=50) == pytest.approx(expected, rel=1e-6)
+    rnn = RNNLM(20, 8, cell="rnn", fused=True)
+    assert zoo.evaluate_recurrent(rnn, ids, 64) == evaluate_stream(rnn, ids, batch_size=32, block_size=256)
+
+
+def test_a_recipe_with_its_own_batches_and_evaluation_trains_through_get(tiny, monkeypatch):
+    from lmcourse.models import MLPLM
+
+    mlp = zoo.Recipe(description="test-only MLP", build=lambda config: MLPLM(**config),
+                     config=dict(context_size=3, n_embd=4, n_hidden=16),
+                     train=TrainConfig(max_steps=30, lr=1e-2, eval_interval=10, eval_batches=2),
+                     block_size=3, batch_size=16, batches=zoo.context_windows, evaluate=zoo.evaluate_windows)
+    monkeypatch.setitem(zoo.RECIPES, "tiny_mlp", mlp)
+    first = zoo.get("tiny_mlp", device="cpu", progress=False)
+    assert first.history.tokens == 30 * 16 and first.history.train_loss[-1] < first.history.train_loss[0]
+    ids = torch.tensor(first.tokenizer.encode(TEXT))
+    val_ids = ids[int(0.9 * len(ids)):]
+    assert first.info["val_loss_nats"] == pytest.approx(zoo.evaluate_windows(first.model, val_ids, 3), rel=1e-6)
+    again = zoo.get("tiny_mlp", device="cpu", progress=False)
+    assert torch.equal(first.model.out.weight, again.model.out.weight) and again.info == first.info
