@@ -14,6 +14,7 @@ and then a cosine decay over the *time* budget (the fraction of the budget used)
 
     python benchmarks/bench_char_gpt.py              # 240 s per recipe on 2 threads (about 8.5 minutes)
     python benchmarks/bench_char_gpt.py --quick      # 15 s per recipe, a slice of the held-out text (< 60 s)
+    python benchmarks/bench_char_gpt.py --budget 60 --json r.json  # 60 s per recipe; the results as JSON too
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import time
 from dataclasses import dataclass
 
 import torch
+from results import add_json_argument, row, write_json
 
 from lmcourse.data import load_text
 from lmcourse.models import GPT, GPTConfig
@@ -101,11 +103,13 @@ def warm_up(vocab_size: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--budget", type=float, default=240.0, help="seconds of training per recipe")
+    parser.add_argument("--budget", type=float, default=None,
+                        help="seconds of training per recipe (default 240; 15 with --quick)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="15 s per recipe and 10,000 held-out characters")
+    add_json_argument(parser)
     args = parser.parse_args()
-    budget = 15.0 if args.quick else args.budget
+    budget = args.budget or (15.0 if args.quick else 240.0)
     torch.set_num_threads(args.threads)
     text = load_text("tinyshakespeare")
     tok = CharTokenizer().train(text)
@@ -125,6 +129,10 @@ def main() -> None:
     ours, theirs = results["course recipe"]["val"], results["nanoGPT CPU recipe"]["val"]
     print(f"held-out loss ratio course / nanoGPT = {ours / theirs:.3f} (< 1: the course recipe is better); "
           f"load average {os.getloadavg()[0]:.1f}")
+    benchmark = f"char-GPT recipe: held-out loss after {budget:g} s of training"
+    write_json(args.json, [row("char-gpt-recipe", benchmark, "nanoGPT's CPU recipe", ours, theirs, "nats/char",
+                               "lower", args.threads)],
+               {"budget_s": budget, **results})
 
 
 if __name__ == "__main__":

@@ -8,12 +8,14 @@ per step and attends to the cached keys and values. It reports, per context leng
 - the KV-cache speed-up: time of ``generate(use_cache=False)`` / time of ``generate(use_cache=True)``;
 - tokens/s of our cached ``generate`` and of HF's ``generate`` (``use_cache=True``, greedy), and their ratio.
 
-Runs alternate between the contenders (after an untimed warm-up) and the median of ``--rounds`` is reported,
-so that a change in the machine's load hits all of them. Our cached and uncached outputs must be identical
-(the script stops otherwise); the share of tokens on which HF agrees with us is printed too.
+Runs alternate between the contenders (after an untimed warm-up on a short context) and the median of
+``--rounds`` is reported, so that a change in the machine's load hits all of them. Our cached and uncached
+outputs must be identical (the script stops otherwise); the share of tokens on which HF agrees with us is
+printed too. ``--peer hf`` or ``--peer uncached`` times only one of the two comparisons.
 
     python benchmarks/bench_generate.py            # chapter 7's character model shape, contexts 128..1024
     python benchmarks/bench_generate.py --quick    # a tiny model, contexts 32 and 64: seconds
+    python benchmarks/bench_generate.py --peer uncached --contexts 1024 --json r.json  # the KV cache at 1024 only
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
+from results import add_json_argument, row, write_json
 from transformers import GPT2Config, GPT2LMHeadModel
 from transformers.utils import logging as hf_logging
 
@@ -56,27 +60,54 @@ def timed(fn, device: torch.device) -> tuple[float, torch.Tensor]:
     return time.perf_counter() - start, out
 
 
-def measure(hf: GPT2LMHeadModel, ours: GPT, N: int, device: torch.device, rounds: int) -> dict:
-    """Median seconds to generate a context of N tokens from a 1-token prompt, for each contender."""
+def contenders(hf: GPT2LMHeadModel, ours: GPT, N: int, device: torch.device, peer: str) -> dict[str, Callable]:
+    """Our cached generator and the peers named by ``peer`` ("hf", "uncached" or "both"), each a function that
+    generates a whole context of N tokens from a 1-token prompt and returns the (1, N) ids."""
     prompt = torch.zeros(1, 1, dtype=torch.long, device=device)
     new = N - 1
-    runs = {
-        "cached": lambda: ours.generate(prompt, new, greedy=True, use_cache=True),
-        "uncached": lambda: ours.generate(prompt, new, greedy=True, use_cache=False),
-        "hf": lambda: hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new,
-                                  do_sample=False, use_cache=True),  # no end token: always max_new_tokens
-    }
-    outs = {name: fn() for name, fn in runs.items()}  # warm-up, and the tokens to compare
-    if not torch.equal(outs["cached"], outs["uncached"]):
-        raise AssertionError(f"cached and uncached generation disagree at context {N}")
-    agree = (outs["hf"][0, :N] == outs["cached"][0]).float().mean().item()
-    seconds = {name: [] for name in runs}
+    runs = {"cached": lambda: ours.generate(prompt, new, greedy=True, use_cache=True)}
+    if peer in ("uncached", "both"):
+        runs["uncached"] = lambda: ours.generate(prompt, new, greedy=True, use_cache=False)
+    if peer in ("hf", "both"):
+        runs["hf"] = lambda: hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new,
+                                         do_sample=False, use_cache=True)  # no end token: always max_new_tokens
+    return runs
+
+
+def measure(hf: GPT2LMHeadModel, ours: GPT, N: int, device: torch.device, rounds: int, peer: str) -> dict:
+    """Median seconds to generate a context of N tokens from a 1-token prompt, for each contender."""
+    for fn in contenders(hf, ours, min(N, 16), device, peer).values():
+        fn()  # warm-up on a short context, so that lazy initialisation is not timed
+    runs = contenders(hf, ours, N, device, peer)
+    seconds, outs = {name: [] for name in runs}, {}
     for _ in range(rounds):
         for name, fn in runs.items():
-            seconds[name].append(timed(fn, device)[0])
+            s, outs[name] = timed(fn, device)
+            seconds[name].append(s)
     median = {name: statistics.median(v) for name, v in seconds.items()}
-    return {"seconds": median, "agree": agree, "speedup": median["uncached"] / median["cached"],
-            "vs_hf": median["hf"] / median["cached"]}
+    result = {"seconds": median}
+    if "uncached" in runs:
+        if not torch.equal(outs["cached"], outs["uncached"]):
+            raise AssertionError(f"cached and uncached generation disagree at context {N}")
+        result["speedup"] = median["uncached"] / median["cached"]
+    if "hf" in runs:
+        result["agree"] = (outs["hf"][0, :N] == outs["cached"][0]).float().mean().item()
+        result["vs_hf"] = median["hf"] / median["cached"]
+    return result
+
+
+def rows(results: dict[int, dict], model: str, device: torch.device, threads: int) -> list[dict]:
+    """The suite's rows: per context N, ours against HF generate and/or the KV-cache speed-up (tokens/s)."""
+    out = []
+    for N, r in results.items():
+        s, what = r["seconds"], f"generation of {N} tokens, {model}, on {device.type}"
+        if "vs_hf" in r:
+            out.append(row(f"generate-hf-{N}", what, "HF generate", (N - 1) / s["cached"], (N - 1) / s["hf"],
+                           "tokens/s", "higher", threads))
+        if "speedup" in r:
+            out.append(row(f"kv-cache-{N}", f"{what}: with the KV cache against without", "lmcourse, no KV cache",
+                           (N - 1) / s["cached"], (N - 1) / s["uncached"], "tokens/s", "higher", threads))
+    return out
 
 
 def main() -> None:
@@ -85,27 +116,41 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (default 1: steadier timings)")
     parser.add_argument("--rounds", type=int, default=None, help="timed runs per contender (the median is reported)")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--peer", choices=("both", "hf", "uncached"), default="both",
+                        help="what our cached generator is timed against (default both)")
+    parser.add_argument("--contexts", type=int, nargs="+", default=None,
+                        help="context lengths N (default 128 256 512 1024; 32 64 with --quick)")
+    add_json_argument(parser)
     args = parser.parse_args()
     hf_logging.set_verbosity_error()
     threads = set_threads(args.threads)
     device = torch.device(args.device)
-    name = "quick" if args.quick else "char"
-    shape = SHAPES[name]
-    contexts = (32, 64) if args.quick else (128, 256, 512, 1024)
-    rounds = args.rounds or (3 if args.quick else 2)
+    shape = SHAPES["quick" if args.quick else "char"]
+    contexts = args.contexts or ((32, 64) if args.quick else (128, 256, 512, 1024))
+    if max(contexts) > shape["block_size"] or min(contexts) < 2:
+        raise ValueError(f"contexts must lie in 2..{shape['block_size']} (the model's block size), got {contexts}")
+    rounds = args.rounds or 3
     hf, ours = build(shape, device)
-    dims = ", ".join(str(shape[k]) for k in ("n_layer", "n_head", "n_embd", "vocab_size", "block_size"))
+    dims = "(" + ", ".join(str(shape[k]) for k in ("n_layer", "n_head", "n_embd", "vocab_size", "block_size")) + ")"
     print(f"greedy generation of a whole context from a 1-token prompt, batch 1; torch {torch.__version__}, "
-          f"{device}, {threads} CPU thread(s); shape (layers, heads, d, |V|, block_size) = ({dims})")
+          f"{device}, {threads} CPU thread(s); shape (layers, heads, d, |V|, block_size) = {dims}")
     print(f"{'context N':>9} {'uncached s':>11} {'cached s':>9} {'KV speed-up':>12} {'ours tok/s':>11} "
           f"{'HF tok/s':>9} {'ours/HF':>8} {'HF agrees':>10}")
+    results = {}
     for N in contexts:
-        r = measure(hf, ours, N, device, rounds)
+        results[N] = r = measure(hf, ours, N, device, rounds, args.peer)
         s = r["seconds"]
-        print(f"{N:9d} {s['uncached']:11.3f} {s['cached']:9.3f} {r['speedup']:11.1f}x {(N - 1) / s['cached']:11,.0f} "
-              f"{(N - 1) / s['hf']:9,.0f} {r['vs_hf']:7.2f}x {r['agree']:10.1%}")
+        uncached = f"{s['uncached']:11.3f} {s['cached']:9.3f} {r['speedup']:11.1f}x" if "speedup" in r else \
+            f"{'-':>11} {s['cached']:9.3f} {'-':>12}"
+        hf_cols = f"{(N - 1) / s['hf']:9,.0f} {r['vs_hf']:7.2f}x {r['agree']:10.1%}" if "vs_hf" in r else \
+            f"{'-':>9} {'-':>8} {'-':>10}"
+        print(f"{N:9d} {uncached} {(N - 1) / s['cached']:11,.0f} {hf_cols}")
     print("KV speed-up = uncached time / cached time (same tokens, checked); ours/HF = HF generate time / our cached "
           "time (above 1: ours is faster); HF agrees = share of positions where HF's greedy tokens equal ours")
+    model = "a tiny GPT" if args.quick else "chapter 7's char model"
+    details = {"shape": shape, "rounds": rounds, "device": str(device),
+               "contexts": {str(N): r for N, r in results.items()}}
+    write_json(args.json, rows(results, model, device, threads), details)
 
 
 if __name__ == "__main__":

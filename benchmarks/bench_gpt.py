@@ -10,6 +10,7 @@ It also prints both models' loss on the same batch before training, to show that
 
     python benchmarks/bench_gpt.py            # chapter 7's char model and a small GPT-2 on the CPU; GPT-2 small on CUDA
     python benchmarks/bench_gpt.py --quick    # a tiny one: runs in seconds
+    python benchmarks/bench_gpt.py --json r.json  # also write the results for benchmarks/run.py
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ import statistics
 import time
 
 import torch
+from results import add_json_argument, row, write_json
 from transformers import GPT2Config, GPT2LMHeadModel
 from transformers.utils import logging as hf_logging
 
 from lmcourse.models import GPT
 from lmcourse.runtime import set_threads
 
+LABELS = {"quick": "a tiny GPT", "char": "chapter 7's char model", "cpu": "a small GPT-2", "cuda": "GPT-2 small"}
 SHAPES = {  # n_layer, n_head, n_embd, vocab_size, block_size (T), batch size (B)
     "quick": dict(n_layer=2, n_head=4, n_embd=128, vocab_size=2048, T=64, B=4),
     "char": dict(n_layer=4, n_head=4, n_embd=128, vocab_size=65, T=128, B=16),  # chapter 7's character model
@@ -93,6 +96,7 @@ def main() -> None:
                         help="CPU threads (default: 1 with --quick, else $LMCOURSE_THREADS or all cores)")
     parser.add_argument("--rounds", type=int, default=None, help="timed steps per model (the median is reported)")
     parser.add_argument("--no-cuda", action="store_true", help="measure on the CPU only")
+    add_json_argument(parser)
     args = parser.parse_args()
     hf_logging.set_verbosity_error()
     threads = set_threads(args.threads or (1 if args.quick else None))
@@ -102,16 +106,23 @@ def main() -> None:
     runs = [("cpu", "quick")] if args.quick else [("cpu", "char"), ("cpu", "cpu")]
     if torch.cuda.is_available() and not args.no_cuda:
         runs.append(("cuda", "cpu" if args.quick else "cuda"))
+    rows, details = [], {}
     for device, name in runs:
         shape = SHAPES[name]
         rounds = args.rounds or (6 if args.quick else 15 if device == "cpu" else 30)
         r = measure(shape, torch.device(device), warmup=2 if device == "cpu" else 5, rounds=rounds)
         dims = ", ".join(str(shape[k]) for k in ("n_layer", "n_head", "n_embd", "vocab_size", "T", "B"))
+        details[f"{device}-{name}"] = {"shape": shape, "rounds": rounds, **r}
+        what = (f"GPT training, {LABELS[name]} ({r['params'] / 1e6:.2f} M params, batch {shape['B']} x "
+                f"{shape['T']} tokens) on {device}")
+        rows.append(row(f"gpt-train-{device}-{name}", what, "HF GPT2LMHeadModel", r["tokens_per_s"]["lmcourse"],
+                        r["tokens_per_s"]["transformers"], "tokens/s", "higher", threads))
         print(f"{device:8} {dims:36} {r['params']:10,} {r['losses']['lmcourse']:10.6f} "
               f"{r['losses']['transformers']:10.6f} {r['tokens_per_s']['lmcourse']:11,.0f} "
               f"{r['tokens_per_s']['transformers']:11,.0f} {r['ratio']:5.2f}x")
         if abs(r["losses"]["lmcourse"] - r["losses"]["transformers"]) > 1e-4:
             raise AssertionError(f"the two models disagree on the loss: {r['losses']}")
+    write_json(args.json, rows, details)
     print("ratio = lmcourse tokens/s / transformers tokens/s (above 1: lmcourse trains faster); "
           "loss = cross-entropy (nats) of both on the same batch before training")
 

@@ -6,6 +6,7 @@ perplexities agree to 1e-9 (relative) and prints the times and the speed ratio.
 
     python benchmarks/bench_ngram.py            # fit on all of valid; lmcourse scores all of test
     python benchmarks/bench_ngram.py --quick    # a small slice: runs in seconds
+    python benchmarks/bench_ngram.py --json r.json  # also write the results for benchmarks/run.py
 
 NLTK's Kneser-Ney scans every context of the order above for each lower-order probability, so it
 takes tens of milliseconds per test token on WikiText-2 (hours for the 245k tokens of test). The full
@@ -21,6 +22,7 @@ import time
 
 from nltk.lm import KneserNeyInterpolated, Vocabulary
 from nltk.util import everygrams, ngrams, pad_sequence
+from results import add_json_argument, row, write_json
 
 from lmcourse import data
 from lmcourse.ngram import BOS, EOS, UNK, NGramLM
@@ -73,16 +75,30 @@ def run(quick: bool, nltk_sentences: int | None = None) -> dict:
         raise AssertionError(f"perplexities disagree: lmcourse {ours_subset_ppl!r}, NLTK {nltk_ppl!r}")
 
     nltk_full_estimate = nltk_fit_s + nltk_eval * tokens / subset_tokens
+    ours_same_work, nltk_same_work = ours_fit + ours_subset_eval, nltk_fit_s + nltk_eval
     return {
         "train_sentences": len(train), "test_tokens": tokens, "nltk_test_tokens": subset_tokens,
         "lmcourse_fit_s": ours_fit, "lmcourse_eval_s": ours_eval, "lmcourse_total_s": ours_fit + ours_eval,
         "lmcourse_test_perplexity": ours_ppl,
         "nltk_fit_s": nltk_fit_s, "nltk_eval_s": nltk_eval,
         "lmcourse_subset_perplexity": ours_subset_ppl, "nltk_subset_perplexity": nltk_ppl, "rel_diff": rel_diff,
-        "speedup_same_work": (nltk_fit_s + nltk_eval) / (ours_fit + ours_subset_eval),
+        "lmcourse_same_work_s": ours_same_work, "nltk_same_work_s": nltk_same_work,
+        "speedup_same_work": nltk_same_work / ours_same_work,
         "nltk_total_s_estimate": nltk_full_estimate,
         "speedup_full_estimate": nltk_full_estimate / (ours_fit + ours_eval),
     }
+
+
+def rows(r: dict) -> list[dict]:
+    """The suite's rows: the measured comparison on the same work, and all of test with NLTK extrapolated."""
+    fit = f"Kneser-Ney {ORDER}-gram: fit on valid ({r['train_sentences']:,} sentences)"
+    return [
+        row("ngram-same-work", f"{fit} + score {r['nltk_test_tokens']:,} test predictions", "NLTK nltk.lm",
+            r["lmcourse_same_work_s"], r["nltk_same_work_s"], "s", "lower", threads=1),
+        row("ngram-all-test", f"{fit} + score all of test ({r['test_tokens']:,} predictions)",
+            "NLTK nltk.lm (time extrapolated)", r["lmcourse_total_s"], r["nltk_total_s_estimate"], "s", "lower",
+            threads=1),
+    ]
 
 
 def main() -> None:
@@ -90,8 +106,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="100 valid sentences, 5 test sentences")
     parser.add_argument("--nltk-sentences", type=int, default=None,
                         help="test sentences NLTK scores (default: 20; all of them with --quick; 0 = all)")
+    add_json_argument(parser)
     args = parser.parse_args()
     r = run(args.quick, args.nltk_sentences)
+    write_json(args.json, rows(r), r)
     print(f"Kneser-Ney {ORDER}-gram, discount {DISCOUNT}: fit on {r['train_sentences']:,} sentences of "
           f"WikiText-2 valid, {r['test_tokens']:,} test predictions")
     print(f"lmcourse: fit {r['lmcourse_fit_s']:.2f} s + all of test {r['lmcourse_eval_s']:.2f} s "

@@ -1,0 +1,52 @@
+"""The benchmark suite runs end to end (`make bench BENCH_ARGS=--quick`) and writes a complete table.
+
+Benchmarks are not timed tests: this only checks that every pair runs and reports a finite ratio, and that a
+quick run leaves the book's measured page alone.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ROW_KEYS = ("ngram-same-work", "ngram-all-test", "bpe-train", "bpe-encode-tiktoken", "bpe-encode-hf",
+            "gpt-train-cpu-*", "generate-hf-*", "kv-cache-*", "char-gpt-recipe")
+BOOK_FILES = [ROOT / "book/benchmarks.md", ROOT / "book/benchmarks.json"]
+
+
+def test_quick_suite_writes_every_row_with_a_finite_ratio(tmp_path):
+    before = {p: p.read_bytes() for p in BOOK_FILES if p.exists()}
+    done = subprocess.run([sys.executable, "benchmarks/run.py", "--quick", "--out", str(tmp_path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert {p: p.read_bytes() for p in BOOK_FILES if p.exists()} == before, "a quick run must not touch book/"
+
+    report = json.loads((tmp_path / "benchmarks.json").read_text())
+    rows = report["rows"]
+    keys = [r["key"] for r in rows]
+    for pattern in ROW_KEYS:
+        assert fnmatch.filter(keys, pattern), f"no row {pattern!r} in {keys}"
+    for r in rows:
+        assert math.isfinite(r["ratio"]) and r["ratio"] > 0, r
+        assert math.isclose(r["ratio"], r["ours"] / r["theirs"]) and r["better"] in ("lower", "higher"), r
+    for r in rows:
+        if fnmatch.fnmatch(r["key"], "gpt-train-*") or r["key"].startswith("ngram-"):
+            assert r["goal"] and isinstance(r["met"], bool), r
+    assert report["quick"] and report["machine"]["torch"] and report["machine"]["cpu"]
+    assert len(report["pairs"]) == 7 and all(p["seconds"] > 0 for p in report["pairs"])
+
+    page = (tmp_path / "benchmarks.md").read_text()
+    assert [line for line in page.splitlines() if line.startswith("# ")] == ["# Benchmarks"]
+    table = [line for line in page.splitlines() if line.startswith("| ")]
+    assert len(table) == 2 + len(rows), "the table has a header, a rule and one line per row"
+    assert "```{warning}" in page and report["date"] in page
+
+    (tmp_path / "benchmarks.md").unlink()
+    subprocess.run([sys.executable, "benchmarks/run.py", "--render", str(tmp_path / "benchmarks.json")], cwd=ROOT,
+                   check=True, capture_output=True, timeout=60)
+    assert (tmp_path / "benchmarks.md").read_text() == page, "--render rewrites the same page from the JSON"
