@@ -18,6 +18,7 @@ Each module holds one concept that a chapter builds from scratch and later chapt
 - :mod:`lmcourse.efficiency` -- online softmax, tiled (FlashAttention-style) attention, FLOP accounting and MFU
 - :mod:`lmcourse.ddp` -- data-parallel training with DistributedDataParallel, launched by ``torchrun``
 - :mod:`lmcourse.zoo` -- trained models shared between chapters: trained once on first use, then loaded
+- :mod:`lmcourse.ladder` -- the capstone's perplexity ladder, the Penn Treebank history, a WikiText-2 recipe
 """
 
 __version__ = "0.1.0"
