@@ -97,8 +97,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
         result = {"model": {k: v.cpu() for k, v in model.state_dict().items()}, "world_size": world_size,
                   "train_loss_rank0": history.train_loss}
         if rank == 0:
-            print(f"{world_size} process(es), backend {dist.get_backend() if distributed else 'none'}: "
-                  f"loss {history.train_loss[0]:.4f} -> {history.train_loss[-1]:.4f} in {args.steps} steps")
+            print(f"{world_size} process(es), backend {dist.get_backend() if distributed else 'none'}: rank 0's loss "
+                  f"on its {args.global_batch // world_size} of {args.global_batch} windows per step "
+                  f"{history.train_loss[0]:.4f} -> {history.train_loss[-1]:.4f} in {args.steps} steps")
             if args.out:
                 torch.save(result, args.out)
         return result
