@@ -40,7 +40,7 @@ from lmcourse.models import GPT, GPTConfig
 from lmcourse.runtime import get_device, set_threads
 from lmcourse.tokenizers import CharTokenizer
 from lmcourse.train import History, TrainConfig, sample_windows, train
-from lmcourse.zoo import evaluate_text
+from lmcourse.zoo import evaluate_text, split_held_out
 
 SETTINGS = {  # model shape, batch (B windows of block_size tokens), steps or seconds
     "full": {
@@ -129,8 +129,7 @@ def bench_char(s: dict, device: torch.device, compile_: bool, seed: int) -> dict
     text = load_text("tinyshakespeare")
     tok = CharTokenizer().train(text)
     ids = torch.tensor(tok.encode(text))
-    n_train = int(0.9 * len(ids))
-    train_ids, val_ids = ids[:n_train], ids[n_train:]
+    train_ids, val_ids = split_held_out(ids)
     if s["val_chars"] is not None:
         val_ids = val_ids[:s["val_chars"]]
     tokens_per_step = s["batch"] * s["block_size"]

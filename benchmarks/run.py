@@ -30,6 +30,8 @@ from pathlib import Path
 
 import page
 
+from lmcourse.runtime import usable_cores
+
 ROOT = Path(__file__).resolve().parents[1]
 CHAR_GPT_BUDGET_S = 60  # seconds of training per recipe in the suite (the script's own default is 240)
 
@@ -68,16 +70,11 @@ GOALS = {
 }
 
 
-def cores() -> int:
-    """The CPU cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 def arguments(pair: Pair, quick: bool, threads: int | None) -> list[str]:
     """The script's arguments: the pair's own, then the thread count (``threads`` if given, else the pair's)."""
     args = list(pair.quick_args if quick else pair.args)
     if pair.takes_threads:
-        args += ["--threads", str(threads or (1 if quick else pair.threads) or cores())]
+        args += ["--threads", str(threads or (1 if quick else pair.threads) or usable_cores())]
     return args
 
 
@@ -136,7 +133,7 @@ def git_commit() -> str | None:
 def machine() -> dict:
     """The hardware and the versions the numbers were measured with."""
     packages = ("torch", "transformers", "tokenizers", "tiktoken", "nltk")
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "usable_cores": cores(),
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "usable_cores": usable_cores(),
             "os": platform.platform(), "python": platform.python_version(),
             **{name: version(name) for name in packages}}
 

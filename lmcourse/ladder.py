@@ -38,7 +38,7 @@ from lmcourse.runtime import get_device
 from lmcourse.tokenizers import WordTokenizer
 from lmcourse.train import TrainConfig, sample_windows, train
 
-__all__ = ["Rung", "NGRAM_ORDER", "NGRAM_DISCOUNT", "LADDER", "split_text", "ngram_rung", "zoo_rung",
+__all__ = ["Rung", "NGRAM_ORDER", "NGRAM_DISCOUNT", "LADDER", "ngram_rung", "zoo_rung",
            "matmul_weights", "train_flops_per_token", "step_flops", "PTBResult", "PTB_HISTORY",
            "WikiTextConfig", "wikitext_ids", "wikitext2", "main"]
 
@@ -68,14 +68,6 @@ class Rung:
     device: str
 
 
-def split_text(text: str, held_out: float = 0.1) -> tuple[str, str]:
-    """(training text, held-out text): the first ``1 - held_out`` of the characters and the rest, as the zoo splits."""
-    if not 0 < held_out < 1:
-        raise ValueError(f"held_out must be a fraction in (0, 1), got {held_out}")
-    n_train = int((1 - held_out) * len(text))
-    return text[:n_train], text[n_train:]
-
-
 def ngram_rung(train_text: str, val_text: str, order: int = NGRAM_ORDER,
                discount: float = NGRAM_DISCOUNT) -> tuple[Rung, NGramLM]:
     """Fit an interpolated Kneser-Ney character n-gram on ``train_text`` (one stream, newlines included) and
@@ -88,9 +80,8 @@ def ngram_rung(train_text: str, val_text: str, order: int = NGRAM_ORDER,
     total, count = lm.nll([val_text])  # every character and one final </s>
     context = ("<s>",) * (order - 1) + tuple(val_text)
     total += lm.logprob(EOS, context[len(context) - (order - 1):])  # take the </s> back out
-    stored = sum(len(words) for table in lm._tables for _, _, words in table.values())  # c(h, w) of every order
-    rung = Rung(f"{order}-gram, Kneser-Ney", nats_to_bits(total / (count - 1)), stored, len(train_text), seconds,
-                None, "cpu")
+    rung = Rung(f"{order}-gram, Kneser-Ney", nats_to_bits(total / (count - 1)), lm.num_counts(), len(train_text),
+                seconds, None, "cpu")
     return rung, lm
 
 

@@ -214,6 +214,11 @@ class NGramLM:
             terms.append(c * math.log(p))
         return -math.fsum(terms), n_pred
 
+    def num_counts(self) -> int:
+        """The counts the model stores: one c_j(h, w) per distinct (context, word) pair, over every order j."""
+        self._check_fitted()
+        return sum(len(words) for table in self._tables for _, _, words in table.values())
+
     def perplexity(self, sentences: Iterable[Sequence[str]]) -> float:
         """exp(mean negative log-likelihood per predicted token); ``inf`` if any prediction has probability 0."""
         total, n_pred = self.nll(sentences)

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import torch
 
-__all__ = ["get_device", "set_threads", "seed_everything", "environment_report"]
+__all__ = ["get_device", "set_threads", "usable_cores", "seed_everything", "environment_report"]
 
 _DEVICES = ("cuda", "mps", "cpu")
 
@@ -46,14 +46,15 @@ def set_threads(n: int | None = None) -> int:
     side), else every core this process may run on.
     """
     if n is None:
-        n = int(os.environ.get("LMCOURSE_THREADS", "0")) or _cores()
+        n = int(os.environ.get("LMCOURSE_THREADS", "0")) or usable_cores()
     if n < 1:
         raise ValueError(f"the number of threads must be at least 1, got {n}")
     torch.set_num_threads(n)
     return n
 
 
-def _cores() -> int:
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the OS has one)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 

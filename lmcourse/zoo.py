@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import pickle
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -36,7 +36,7 @@ except ImportError:  # Windows: no advisory locks; two processes may then both t
     fcntl = None
 
 __all__ = ["Recipe", "Pretrained", "RECIPES", "register", "names", "get", "checkpoint_path", "evaluate_text",
-           "evaluate_windows", "evaluate_recurrent", "context_windows"]
+           "evaluate_windows", "evaluate_recurrent", "context_windows", "split_held_out"]
 
 
 @dataclass(frozen=True)
@@ -104,6 +104,14 @@ def _lstm(config: dict) -> torch.nn.Module:
     return LSTMLM(**config, fused=True)
 
 
+def split_held_out(seq: Sequence, held_out: float = 0.1) -> tuple[Sequence, Sequence]:
+    """(training part, held-out part) of a text or 1-D id tensor: the first ``1 - held_out`` and the rest."""
+    if not 0 < held_out < 1:
+        raise ValueError(f"held_out must be a fraction in (0, 1), got {held_out}")
+    n_train = int((1 - held_out) * len(seq))
+    return seq[:n_train], seq[n_train:]
+
+
 def context_windows(ids: torch.Tensor, block_size: int, batch_size: int,
                     generator: torch.Generator | None = None) -> Batch:
     """``batch_size`` random contexts of a fixed-window model: x (B, block_size) and the next ids y (B,)."""
@@ -111,21 +119,13 @@ def context_windows(ids: torch.Tensor, block_size: int, batch_size: int,
     return x, y[:, -1]
 
 
-@torch.no_grad()
 def evaluate_windows(model: torch.nn.Module, ids: torch.Tensor, block_size: int, batch_size: int = 8192,
                      device: torch.device | str = "cpu") -> float:
     """Mean loss (nats/token) of a fixed-window model over ids[block_size:] (1-D), each from the block_size before."""
     from lmcourse.models import make_windows
 
     x, y = make_windows(ids, block_size)  # (N, block_size), (N,)
-    was_training = model.training
-    model.eval()
-    total = 0.0
-    for i in range(0, len(y), batch_size):
-        xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
-        total += model(xb, yb)[1].item() * len(yb)
-    model.train(was_training)
-    return total / len(y)
+    return _mean_loss(model, x, y, batch_size, device)
 
 
 def evaluate_recurrent(model: torch.nn.Module, ids: torch.Tensor, block_size: int,
@@ -200,7 +200,6 @@ def checkpoint_path(name: str) -> Path:
     return cache_dir() / "checkpoints" / f"{name}.pt"
 
 
-@torch.no_grad()
 def evaluate_text(model: torch.nn.Module, ids: torch.Tensor, block_size: int, batch_size: int = 64,
                   device: torch.device | str = "cpu") -> float:
     """Mean loss (nats/token) over all of ``ids`` (1-D), cut into consecutive windows of ``block_size``.
@@ -212,10 +211,18 @@ def evaluate_text(model: torch.nn.Module, ids: torch.Tensor, block_size: int, ba
         raise ValueError(f"need more than block_size = {block_size} tokens to evaluate, got {len(ids)}")
     x = ids[: n * block_size].view(n, block_size)  # (n, T)
     y = ids[1: n * block_size + 1].view(n, block_size)  # (n, T)
+    return _mean_loss(model, x, y, batch_size, device)
+
+
+@torch.no_grad()
+def _mean_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
+               device: torch.device | str) -> float:
+    """Mean loss per target of ``model(x, y)`` over the rows of x (N, ...) and y (N, ...), ``batch_size`` rows at a
+    time, in eval mode (the model's mode is restored)."""
     was_training = model.training
     model.eval()
     total = 0.0
-    for i in range(0, n, batch_size):
+    for i in range(0, len(y), batch_size):
         xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
         total += model(xb, yb)[1].item() * yb.numel()
     model.train(was_training)
@@ -262,8 +269,7 @@ def _train(name: str, recipe: Recipe, path: Path, device: torch.device, progress
     text = load_text(recipe.corpus)
     tokenizer = CharTokenizer().train(text)
     ids = torch.tensor(tokenizer.encode(text))
-    n_train = int((1 - recipe.held_out) * len(ids))
-    train_ids, val_ids = ids[:n_train], ids[n_train:]
+    train_ids, val_ids = split_held_out(ids, recipe.held_out)
     seed = recipe.train.seed
     torch.manual_seed(seed)
     model_config = {**recipe.config, "vocab_size": tokenizer.vocab_size}

@@ -30,7 +30,7 @@ def test_history_is_cited_and_falls_over_time():
 
 
 def test_ngram_rung_scores_every_held_out_character_once():
-    train_text, val_text = ladder.split_text(TEXT)
+    train_text, val_text = zoo.split_held_out(TEXT)
     assert train_text + val_text == TEXT and len(val_text) == len(TEXT) - int(0.9 * len(TEXT))
     rung, lm = ladder.ngram_rung(train_text, val_text, order=3, discount=0.8)
     padded = "\0\0" + val_text  # \0 stands for <s>
@@ -43,9 +43,9 @@ def test_ngram_rung_scores_every_held_out_character_once():
         assert total == pytest.approx(1.0, abs=1e-9)
 
 
-def test_split_text_rejects_a_bad_fraction():
+def test_split_held_out_rejects_a_bad_fraction():
     with pytest.raises(ValueError, match="fraction"):
-        ladder.split_text(TEXT, held_out=1.0)
+        zoo.split_held_out(TEXT, held_out=1.0)
 
 
 def _models():
