@@ -63,7 +63,7 @@ nbval: $(STAMP)  ## execute every notebook under nbval, JOBS at a time (1 thread
 	  -n $(JOBS) --dist loadfile --no-loadscope-reorder $(NOTEBOOKS)
 
 book-check: $(STAMP) $(MATHJAX)  ## build the book from nbval's outputs without executing, -W -n, and check it in Chromium
-	$(PY) tests/test_book.py stage .build/book-src
+	$(PY) book/stage.py .build/book-src
 	$(PY) -c "import yaml; c = yaml.safe_load(open('_config.yml')); c['execute']['execute_notebooks'] = 'off'; \
 	  yaml.safe_dump(c, open('.build/_config_check.yml', 'w'))"
 	rm -rf .build/check

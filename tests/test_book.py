@@ -6,10 +6,6 @@ launch (Colab, Binder) and download buttons. The browser checks render every pag
 driven over the DevTools protocol through a pipe (no extra package), from a server on 127.0.0.1: math is typeset,
 every image loads, no cell output holds a traceback, the left navigation lists the table of contents in order,
 exercise solutions start hidden, and no request leaves 127.0.0.1. Screenshots go to .build/screenshots.
-
-Run as a script, ``python tests/test_book.py stage DEST`` writes the book's sources to DEST with each notebook
-replaced by its executed copy from the last nbval run (.build/executed, written by conftest.py) when that copy
-was made from the current source; ``make book-check`` builds the book from there.
 """
 
 from __future__ import annotations
@@ -22,7 +18,6 @@ import os
 import queue
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -400,49 +395,3 @@ def test_executed_pages_show_their_figures(rendered):
             if "caption" in cell["metadata"].get("mystnb", {}).get("figure", {}):
                 assert images[i], f"{nb.name}: code cell {i} has a figure caption but drew no figure"
         assert rendered[f"notebooks/{nb.stem}.html"]["output_images"] >= sum(images), nb.name
-
-
-# ---------------------------------------------------------------------------------------------- staging
-
-
-def stage_source(nb: Path, executed: Path) -> bool:
-    """Whether the executed copy was made from nb as it is now (same cells, same sources)."""
-    try:
-        ours, theirs = (json.loads(p.read_text())["cells"] for p in (nb, executed))
-    except (OSError, ValueError, KeyError):
-        return False
-    strip = lambda cells: [(c["cell_type"], "".join(c["source"]), c.get("metadata", {})) for c in cells]  # noqa: E731
-    return strip(ours) == strip(theirs)
-
-
-def stage(dest: Path) -> None:
-    """Write the book's sources to dest, with executed copies of the notebooks where they are current."""
-    if dest.exists():
-        shutil.rmtree(dest)
-    dest.mkdir(parents=True)
-    for name in ("_config.yml", "_toc.yml"):
-        shutil.copy(ROOT / name, dest / name)
-    for folder in ("book", "notebooks"):
-        shutil.copytree(ROOT / folder, dest / folder)
-    (dest / ".build").mkdir()
-    (dest / ".build/assets").symlink_to(ROOT / ".build/assets")  # html_static_path (MathJax)
-    used, stale = [], []
-    for nb in sorted((ROOT / "notebooks").glob("*.ipynb")):
-        executed = EXECUTED / "notebooks" / nb.name
-        if executed.exists() and stage_source(nb, executed):
-            shutil.copy(executed, dest / "notebooks" / nb.name)
-            used.append(nb.stem)
-        elif executed.exists():
-            stale.append(nb.stem)
-    missing = sorted({nb.stem for nb in (ROOT / "notebooks").glob("*.ipynb")} - set(used) - set(stale))
-    print(f"book sources in {dest}: {len(used)} notebooks with outputs from the last nbval run", file=sys.stderr)
-    if stale:
-        print(f"  without outputs, changed since nbval ran them: {', '.join(stale)}", file=sys.stderr)
-    if missing:
-        print(f"  without outputs, not run by nbval (`make nbval` first): {', '.join(missing)}", file=sys.stderr)
-
-
-if __name__ == "__main__":
-    if len(sys.argv) != 3 or sys.argv[1] != "stage":
-        sys.exit("usage: python tests/test_book.py stage DEST")
-    stage(Path(sys.argv[2]))
