@@ -50,3 +50,20 @@ def test_quick_suite_writes_every_row_with_a_finite_ratio(tmp_path):
     subprocess.run([sys.executable, "benchmarks/run.py", "--render", str(tmp_path / "benchmarks.json")], cwd=ROOT,
                    check=True, capture_output=True, timeout=60)
     assert (tmp_path / "benchmarks.md").read_text() == page, "--render rewrites the same page from the JSON"
+
+
+def test_gpu_benchmark_quick_mode_runs_on_a_cpu_and_writes_its_record(tmp_path):
+    """benchmarks/gpu_train.py is meant for a lent GPU; its --quick mode runs the same code on any CPU."""
+    out = tmp_path / "gpu_train.json"
+    done = subprocess.run([sys.executable, "benchmarks/gpu_train.py", "--quick", "--no-compile", "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert r["quick"] and r["device_type"] == "cpu" and not r["compile"] and r["amp"] == "bf16"
+    assert "gpu_train.py" in r["command"] and r["date"] and r["torch"]
+    m, c = r["mfu_benchmark"], r["tinyshakespeare_benchmark"]
+    assert m["tokens_per_s"] > 0 and 0 < m["mfu"] and m["steps_measured"] == m["steps"] - 2
+    assert m["flops_per_token"] > 6 * m["model"]["params"] * 0.5, "FLOPs per token are about 6 N or more"
+    assert c["steps"] >= 1 and c["tokens"] == c["steps"] * c["batch_windows"] * c["model"]["block_size"]
+    assert c["val_chars"] == 10_000 and c["val_loss_nats_per_char"] < math.log(c["model"]["vocab_size"]), \
+        "the character model learns something in its few seconds (below the uniform model's loss)"
