@@ -23,16 +23,21 @@ share of the device's peak FLOP/s that those model FLOPs reach.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import torch
+import torch.nn.functional as F
+
+from lmcourse import attention
 
 if TYPE_CHECKING:
     from lmcourse.models.gpt import GPTConfig
 
 __all__ = ["online_softmax", "tiled_attention", "gpt_params", "gpt_flops_per_token", "gpt_train_flops",
-           "petaflop_s_days", "kv_cache_bytes", "GPT3", "PEAK_FLOPS", "peak_flops", "mfu"]
+           "petaflop_s_days", "attention_as_matmuls", "kv_cache_bytes", "GPT3", "PEAK_FLOPS", "peak_flops", "mfu"]
 
 
 def online_softmax(x: torch.Tensor, dim: int = -1, block: int = 1) -> torch.Tensor:
@@ -177,6 +182,32 @@ def gpt_flops_per_token(config: GPTConfig, seq_len: int | None = None, training:
 def gpt_train_flops(config: GPTConfig, tokens: float, seq_len: int | None = None) -> float:
     """Training FLOPs for ``tokens`` tokens in windows of ``seq_len``: 6 N D plus the attention term."""
     return gpt_flops_per_token(config, seq_len, training=True) * tokens
+
+
+@contextlib.contextmanager
+def attention_as_matmuls() -> Iterator[None]:
+    """Inside the block, ``torch.nn.functional.scaled_dot_product_attention`` is the from-scratch attention of
+    chapter 6 (:func:`lmcourse.attention.scaled_dot_product_attention`: two matrix products, a softmax between).
+
+    For counting FLOPs, not for training: ``torch.utils.flop_counter`` has no formula for the CPU's fused
+    attention kernel and counts it as zero, while it sees the two products. Attention dropout is not applied
+    inside the block (it costs no FLOPs); ``scale`` and ``enable_gqa``, which the course's models never pass,
+    raise an error.
+    """
+    fused = F.scaled_dot_product_attention
+
+    def as_matmuls(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None,
+                   dropout_p: float = 0.0, is_causal: bool = False, scale: float | None = None,
+                   enable_gqa: bool = False) -> torch.Tensor:
+        if scale is not None or enable_gqa:
+            raise ValueError("attention_as_matmuls supports the default scale and no enable_gqa; count without it")
+        return attention.scaled_dot_product_attention(q, k, v, mask=attn_mask, is_causal=is_causal)
+
+    F.scaled_dot_product_attention = as_matmuls
+    try:
+        yield
+    finally:
+        F.scaled_dot_product_attention = fused
 
 
 def petaflop_s_days(flops: float) -> float:

@@ -29,7 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from lmcourse import zoo
 from lmcourse.data import load_text
-from lmcourse.efficiency import gpt_flops_per_token
+from lmcourse.efficiency import attention_as_matmuls, gpt_flops_per_token
 from lmcourse.metrics import nats_to_bits, perplexity
 from lmcourse.models import GPT, GPTConfig
 from lmcourse.ngram import EOS, NGramLM
@@ -107,9 +107,10 @@ def step_flops(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
 
     The counter sees the matrix products torch dispatches; a fused kernel it has no formula for (the CPU's
     ``torch.nn.LSTM``, cuDNN's recurrent kernels) counts as zero, so count a from-scratch twin of such a model.
+    Fused attention is swapped for its two matrix products while counting (:func:`attention_as_matmuls`).
     """
     counter = FlopCounterMode(display=False)
-    with counter:
+    with counter, attention_as_matmuls():
         model(x, y)[1].backward()
     model.zero_grad(set_to_none=True)
     return counter.get_total_flops()

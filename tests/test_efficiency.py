@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils.flop_counter import FlopCounterMode
 
-import lmcourse.attention as attention
 from lmcourse.efficiency import (
     GPT3,
+    attention_as_matmuls,
     gpt_flops_per_token,
     gpt_params,
     gpt_train_flops,
@@ -83,16 +85,11 @@ def test_gpt_params_counts_the_models_parameters(kwargs):
 
 
 @pytest.mark.parametrize("kwargs", [{}, {"n_kv_head": 2, "mlp": "swiglu"}])
-def test_training_flops_within_10_percent_of_torch_flop_counter(monkeypatch, kwargs):
-    def sdpa_as_matmuls(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False):
-        # the counter does not see inside the fused CPU attention kernel; the from-scratch one is two matmuls
-        return attention.scaled_dot_product_attention(q, k, v, mask=attn_mask, is_causal=is_causal)
-
-    monkeypatch.setattr(attention.F, "scaled_dot_product_attention", sdpa_as_matmuls)
+def test_training_flops_within_10_percent_of_torch_flop_counter(kwargs):
     config = GPTConfig(vocab_size=128, block_size=128, n_layer=2, n_head=4, n_embd=64, **kwargs)
     model, B = GPT(config), 2
     x = torch.randint(0, 128, (B, config.block_size), generator=torch.Generator().manual_seed(0))
-    with FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False) as counter, attention_as_matmuls():  # the counter sees attention's matmuls
         model(x, x)[1].backward()
     counted = counter.get_total_flops()
     predicted = gpt_train_flops(config, tokens=x.numel())
@@ -100,9 +97,8 @@ def test_training_flops_within_10_percent_of_torch_flop_counter(monkeypatch, kwa
     # without the attention term the estimate would be off by more than 10%: the test can tell
     attention_term = 12 * config.n_layer * config.block_size * config.n_embd * x.numel()
     assert abs(predicted - attention_term - counted) / counted > 0.10
-    with FlopCounterMode(display=False) as counter:
-        with torch.no_grad():
-            model(x)
+    with FlopCounterMode(display=False) as counter, attention_as_matmuls(), torch.no_grad():
+        model(x)
     assert abs(gpt_flops_per_token(config, training=False) * x.numel() / counter.get_total_flops() - 1) < 0.10
 
 
@@ -134,3 +130,21 @@ def test_kv_cache_bytes_equals_the_models_caches(kwargs):
     assert kv_cache_bytes(gpt3, tokens=1) == 2 * 96 * 12288 * 2  # 4.7 MB per token in bf16
     with pytest.raises(ValueError, match="need tokens >= 0"):
         kv_cache_bytes(config, tokens=-1)
+
+
+def test_attention_as_matmuls_makes_fused_attention_countable_and_restores_it():
+    fused = F.scaled_dot_product_attention
+    q, k, v = torch.randn(3, 2, 2, 16, 8).unbind(0)
+    counted = []
+    for swap in (False, True):
+        with FlopCounterMode(display=False) as counter, (attention_as_matmuls() if swap else contextlib.nullcontext()):
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        counted.append(counter.get_total_flops())
+        torch.testing.assert_close(out, fused(q, k, v, is_causal=True))
+    assert counted == [0, 2 * (2 * 2 * 2 * 16 * 16 * 8)], "the CPU kernel counts 0; QK^T and AV, 2 B H T^2 d each"
+    assert F.scaled_dot_product_attention is fused
+    with pytest.raises(RuntimeError), attention_as_matmuls():
+        raise RuntimeError("an error inside the block")
+    assert F.scaled_dot_product_attention is fused, "restored after an error too"
+    with pytest.raises(ValueError, match="default scale"), attention_as_matmuls():
+        F.scaled_dot_product_attention(q, k, v, scale=0.5)

@@ -58,7 +58,7 @@ def _models():
          torch.randint(65, (16,), generator=gen), 1e-9),
         ("rnn", RNNLM(65, 48, cell="rnn", fused=True, n_embd=16), x_seq, y_seq, 0.01),
         ("lstm", RNNLM(65, 48, 2, cell="lstm", n_embd=16), x_seq, y_seq, 0.01),
-        ("gpt", gpt, x_seq, y_seq, 0.10),  # torch has no formula for the CPU's attention kernel: 6 N only
+        ("gpt", gpt, x_seq, y_seq, 0.01),  # the attention term included (step_flops counts attention as matmuls)
     ]
 
 
