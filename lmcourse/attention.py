@@ -189,8 +189,9 @@ class MultiHeadAttention(nn.Module):
         Returns:
             (B, T, d_model).
         """
-        if x.ndim != 3:
-            raise ValueError(f"x must be (B, T, d_model), got shape {tuple(x.shape)}")
+        if x.ndim != 3 or x.shape[-1] != self.q_proj.in_features:
+            raise ValueError(f"x must be (B, T, d_model) with d_model={self.q_proj.in_features}, got shape "
+                             f"{tuple(x.shape)}")
         if window is not None and not is_causal:
             raise ValueError("window (sliding-window attention) needs is_causal=True")
         if rope is not None and context is not None:

@@ -156,6 +156,8 @@ def file_digest(file: Path, kind: str = "sha256") -> str:
 
 
 def _entries(name: str) -> dict[str | None, DataFile]:
+    if not isinstance(name, str):
+        raise ValueError(f"a dataset name is a string, got {name!r}; known datasets: {', '.join(names())}")
     if name not in REGISTRY:
         close = difflib.get_close_matches(name, REGISTRY, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""

@@ -26,7 +26,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from lmcourse.models import GPT
 from lmcourse.models.gpt import GPTConfig
-from lmcourse.train import TrainConfig, sample_windows, train
+from lmcourse.tokenizers import check_positive_int
+from lmcourse.train import TrainConfig, sample_windows, save_atomic, train
 
 __all__ = ["shard", "main"]
 
@@ -35,6 +36,11 @@ def shard(batch: tuple[torch.Tensor, torch.Tensor], rank: int, world_size: int) 
     """Rows rank * B/W .. (rank + 1) * B/W of a global batch (x, y), each (B, T); B must be divisible by W."""
     x, y = batch
     B = x.shape[0]
+    check_positive_int(world_size, "world_size")
+    if not isinstance(rank, int) or not 0 <= rank < world_size:
+        raise ValueError(f"rank must be an integer in 0..world_size-1 = 0..{world_size - 1}, got {rank!r}")
+    if y.shape[0] != B:
+        raise ValueError(f"x and y must have the same number of rows, got {B} and {y.shape[0]}")
     if B % world_size:
         raise ValueError(f"the global batch of {B} rows must be divisible by the number of processes {world_size}")
     n = B // world_size
@@ -101,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                   f"on its {args.global_batch // world_size} of {args.global_batch} windows per step "
                   f"{history.train_loss[0]:.4f} -> {history.train_loss[-1]:.4f} in {args.steps} steps")
             if args.out:
-                torch.save(result, args.out)
+                save_atomic(result, args.out)
         return result
     finally:
         if distributed:

@@ -13,15 +13,22 @@ __all__ = ["perplexity", "bits_per_char", "nats_to_bits"]
 
 
 def _check_nll(nll: float) -> float:
-    nll = float(nll)
+    try:
+        nll = float(nll)
+    except (TypeError, ValueError):
+        raise ValueError(f"a negative log-likelihood must be one number (a float or a 0-d tensor), got "
+                         f"{type(nll).__name__}; average the per-token losses first") from None
     if math.isnan(nll) or nll < 0:
         raise ValueError(f"a negative log-likelihood must be a number >= 0, got {nll}")
     return nll
 
 
 def perplexity(mean_nll: float) -> float:
-    """Perplexity exp(NLL) from the mean negative log-likelihood per token, in nats."""
-    return math.exp(_check_nll(mean_nll))
+    """Perplexity exp(NLL) from the mean negative log-likelihood per token, in nats (inf when exp overflows)."""
+    try:
+        return math.exp(_check_nll(mean_nll))
+    except OverflowError:  # exp(NLL) is larger than the largest float (NLL > ~709.8 nats)
+        return math.inf
 
 
 def nats_to_bits(nats: float) -> float:

@@ -21,8 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lmcourse.sampling import check_sampling_args, sample_next
-from lmcourse.tokenizers import check_ids
+from lmcourse.sampling import check_max_new_tokens, check_sampling_args, sample_next
+from lmcourse.tokenizers import check_id_stream, check_ids, check_positive_int
 
 __all__ = ["RNNCell", "LSTMCell", "GRUCell", "unroll", "Recurrent", "RNNLM", "LSTMLM", "generate", "evaluate_stream"]
 
@@ -300,7 +300,7 @@ class RNNLM(nn.Module):
         if state is not None:
             _check_state(state, self.cell, (self.n_layers, idx.shape[0], self.hidden_size))
         x = self.drop(self.emb(idx)) if self.emb is not None \
-            else F.one_hot(idx, self.vocab_size).to(self.head.weight.dtype)  # (B, T, I)
+            else F.one_hot(idx.long(), self.vocab_size).to(self.head.weight.dtype)  # (B, T, I)
         out, state = self.rnn(x, state)  # (B, T, H)
         return self.head(self.drop(out)), state
 
@@ -313,7 +313,7 @@ class RNNLM(nn.Module):
         self._check_ids(targets, "targets")
         if targets.shape != idx.shape:
             raise ValueError(f"targets must have the shape of idx {tuple(idx.shape)}, got {tuple(targets.shape)}")
-        return logits, F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+        return logits, F.cross_entropy(logits.flatten(0, 1), targets.flatten().long())
 
     def _check_ids(self, ids: torch.Tensor, name: str) -> None:
         check_ids(ids, self.vocab_size, name, 2, "(B, T)", "; use ids[None] for a single sequence")
@@ -341,8 +341,7 @@ def generate(model: RNNLM, idx: torch.Tensor, max_new_tokens: int, temperature: 
         (B, T + max_new_tokens) ids: the prompt followed by the samples.
     """
     check_sampling_args(temperature, top_k, top_p)
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
+    check_max_new_tokens(max_new_tokens)
     was_training = model.training
     model.eval()
     logits, state = model.forward_with_state(idx)
@@ -363,8 +362,9 @@ def evaluate_stream(model: RNNLM, ids: torch.Tensor, batch_size: int = 32, block
     batch_size - 1 pairs at the end are dropped); each stream is read ``block_size`` tokens at a time with
     the state carried over, so every target is predicted from everything before it in its stream.
     """
-    if not isinstance(ids, torch.Tensor) or ids.ndim != 1:
-        raise ValueError(f"ids must be a 1-D tensor of token ids, got shape {tuple(getattr(ids, 'shape', ()))}")
+    check_id_stream(ids)
+    check_positive_int(batch_size, "batch_size")
+    check_positive_int(block_size, "block_size")
     n = (len(ids) - 1) // batch_size  # pairs per stream
     if n < 1:
         raise ValueError(f"{len(ids)} tokens are too few for {batch_size} streams; pass a smaller batch_size")

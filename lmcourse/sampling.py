@@ -25,8 +25,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["check_sampling_args", "filter_logits", "sample_next", "generate", "Hypothesis", "beam_search",
-           "pass_at_k", "distinct_n", "chi_square_test"]
+__all__ = ["check_sampling_args", "check_max_new_tokens", "filter_logits", "sample_next", "generate", "Hypothesis",
+           "beam_search", "pass_at_k", "distinct_n", "chi_square_test"]
 
 
 def check_sampling_args(temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
@@ -39,6 +39,12 @@ def check_sampling_args(temperature: float = 1.0, top_k: int | None = None, top_
         raise ValueError(f"top_k must be a positive integer (or None to keep every token), got {top_k!r}")
     if top_p is not None and (not isinstance(top_p, int | float) or not 0 < top_p <= 1):
         raise ValueError(f"top_p must be in (0, 1] (or None to keep every token), got {top_p!r}")
+
+
+def check_max_new_tokens(max_new_tokens: int) -> None:
+    """Raise a ValueError unless ``max_new_tokens`` is an integer >= 0 (not a bool, not a float such as 2.0)."""
+    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
 
 
 def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
@@ -131,8 +137,7 @@ def _check_prompt(idx: torch.Tensor, max_new_tokens: int) -> None:
                          "use ids[None] for a single prompt")
     if idx.shape[1] == 0:
         raise ValueError("idx has no tokens (T = 0): start from at least one token, e.g. a newline or <s>")
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
+    check_max_new_tokens(max_new_tokens)
 
 
 @torch.no_grad()

@@ -29,9 +29,10 @@ import torch
 from tqdm.auto import tqdm
 
 from lmcourse.efficiency import peak_flops
+from lmcourse.tokenizers import check_id_stream, check_positive_int
 
 __all__ = ["TrainConfig", "History", "sample_windows", "lr_at", "evaluate", "train", "save_checkpoint",
-           "load_checkpoint"]
+           "save_atomic", "load_checkpoint"]
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 BatchFn = Callable[[], Batch] | Callable[[torch.Generator], Batch]
@@ -68,18 +69,16 @@ class TrainConfig:
     peak_flops: float | None = None
 
     def __post_init__(self) -> None:
-        if self.max_steps < 1:
-            raise ValueError(f"max_steps must be at least 1, got {self.max_steps}")
-        if self.lr <= 0 or (self.min_lr is not None and not 0 <= self.min_lr <= self.lr):
+        check_positive_int(self.max_steps, "max_steps")
+        if not (isinstance(self.lr, int | float) and 0 < self.lr < math.inf) \
+                or (self.min_lr is not None and not 0 <= self.min_lr <= self.lr):
             raise ValueError(f"need lr > 0 and 0 <= min_lr <= lr, got lr={self.lr}, min_lr={self.min_lr}")
         if not 0 <= self.warmup_steps <= self.max_steps:
             raise ValueError(f"warmup_steps must be in [0, max_steps={self.max_steps}], got {self.warmup_steps}")
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise ValueError(f"grad_clip must be positive or None, got {self.grad_clip}")
-        if self.eval_interval < 1 or self.eval_batches < 1:
-            raise ValueError("eval_interval and eval_batches must be at least 1")
-        if not isinstance(self.grad_accum_steps, int) or self.grad_accum_steps < 1:
-            raise ValueError(f"grad_accum_steps must be a positive integer, got {self.grad_accum_steps!r}")
+        for name in ("eval_interval", "eval_batches", "grad_accum_steps"):
+            check_positive_int(getattr(self, name), name)
         if self.amp not in (None, "bf16", "fp16"):
             raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {self.amp!r}")
         if self.checkpoint_interval is not None and self.checkpoint_interval < 1:
@@ -105,8 +104,9 @@ class History:
 def sample_windows(ids: torch.Tensor, block_size: int, batch_size: int,
                    generator: torch.Generator | None = None) -> Batch:
     """``batch_size`` random windows of a 1-D id tensor: inputs x (B, T) and next-token targets y (B, T)."""
-    if ids.dim() != 1:
-        raise ValueError(f"ids must be a 1-D tensor of token ids, got shape {tuple(ids.shape)}")
+    check_id_stream(ids)
+    check_positive_int(block_size, "block_size")
+    check_positive_int(batch_size, "batch_size")
     if len(ids) <= block_size:
         raise ValueError(f"a window needs block_size + 1 = {block_size + 1} tokens, the data has only {len(ids)}")
     starts = torch.randint(len(ids) - block_size, (batch_size,), generator=generator)
@@ -143,16 +143,43 @@ def evaluate(model: torch.nn.Module, batches: BatchFn, n_batches: int, device: t
 
     A callable that takes a generator gets a fresh one seeded with ``seed``: every evaluation sees the same batches.
     """
+    check_positive_int(n_batches, "n_batches")
     was_training = model.training
     model.eval()
     gen = torch.Generator().manual_seed(seed)
     draw = (lambda: batches(gen)) if _takes_generator(batches) else batches
     losses = []
     for _ in range(n_batches):
-        x, y = (t.to(device) for t in draw())
-        losses.append(model(x, y)[1].item())
+        x, y = _to_device(draw(), device)
+        losses.append(_loss(model(x, y)).item())
     model.train(was_training)
     return sum(losses) / len(losses)
+
+
+def _to_device(batch: Batch, device: torch.device | str) -> Batch:
+    """A batch function's ``(x, y)`` moved to ``device``; a ValueError if it returned anything else."""
+    if not (isinstance(batch, tuple | list) and len(batch) == 2 and all(isinstance(t, torch.Tensor) for t in batch)):
+        raise ValueError(f"a batch function must return a pair (x, y) of tensors, got {_describe(batch)}; "
+                         "e.g. lambda: sample_windows(ids, block_size, batch_size)")
+    return batch[0].to(device), batch[1].to(device)
+
+
+def _loss(out: object) -> torch.Tensor:
+    """The loss of a model's ``(logits, loss, ...)``; a ValueError if the model does not follow that convention."""
+    if not (isinstance(out, tuple | list) and len(out) >= 2 and isinstance(out[1], torch.Tensor)
+            and out[1].numel() == 1):
+        raise ValueError(f"model(x, targets) must return (logits, loss) with the mean loss a one-number tensor, got "
+                         f"{_describe(out)}; compute the loss inside forward when targets are given")
+    return out[1]
+
+
+def _describe(value: object) -> str:
+    """A short description of a value for an error message: shapes of tensors, type names otherwise."""
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {tuple(value.shape)}"
+    if isinstance(value, tuple | list):
+        return f"a {type(value).__name__} of {len(value)}: ({', '.join(_describe(v) for v in value)})"
+    return type(value).__name__
 
 
 def _optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
@@ -168,11 +195,16 @@ def _optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -
 
 
 def _peak(cfg: TrainConfig, device: torch.device) -> float | None:
-    """The peak FLOP/s for MFU: the configured one, or the table's for a known GPU, or None."""
+    """The peak FLOP/s for MFU: the configured one, or the table's for a known GPU, or None.
+
+    Without AMP the products run in float32, on TF32 tensor cores only where torch allows them
+    (``torch.backends.cuda.matmul.allow_tf32``, set by ``torch.set_float32_matmul_precision("high")``).
+    """
     if cfg.flops_per_token is None:
         return None
+    float32 = "tf32" if torch.backends.cuda.matmul.allow_tf32 else "fp32"
     try:
-        return peak_flops(device, cfg.amp or "tf32", cfg.peak_flops)
+        return peak_flops(device, cfg.amp or float32, cfg.peak_flops)
     except ValueError:
         return None
 
@@ -233,9 +265,9 @@ def train(model: torch.nn.Module, train_batches: BatchFn, cfg: TrainConfig, val_
         optimizer.zero_grad(set_to_none=True)
         loss_sum, tokens = 0.0, 0
         for _ in range(cfg.grad_accum_steps):  # gradients add up over the micro-batches
-            x, y = (t.to(device) for t in draw())
+            x, y = _to_device(draw(), device)
             with autocast:
-                _, loss = forward(x, y)
+                loss = _loss(forward(x, y))
             scaler.scale(loss / cfg.grad_accum_steps).backward()
             loss_sum, tokens = loss_sum + loss.item(), tokens + y.numel()
         scaler.unscale_(optimizer)  # true gradients for clipping (a no-op without fp16)
@@ -267,12 +299,18 @@ def train(model: torch.nn.Module, train_batches: BatchFn, cfg: TrainConfig, val_
 def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module,
                     optimizer: torch.optim.Optimizer | None = None, **extra) -> None:
     """Save the model's (and optimiser's) state and any ``extra`` values, atomically (temp file + rename)."""
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict() if optimizer else None, **extra}
+    save_atomic(state, path)
+
+
+def save_atomic(obj: object, path: str | os.PathLike) -> None:
+    """``torch.save(obj, path)`` through a temporary file renamed into place: an interrupted write leaves
+    ``path`` as it was (absent, or the previous file), never half-written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict() if optimizer else None, **extra}
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        torch.save(state, tmp)
+        torch.save(obj, tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -282,12 +320,12 @@ def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module,
                     optimizer: torch.optim.Optimizer | None = None, device: torch.device | str = "cpu") -> dict:
     """Load a checkpoint written by :func:`save_checkpoint` into ``model`` (and ``optimizer``); returns it."""
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no checkpoint at {path}")
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}" + (" (it is a folder)" if path.is_dir() else ""))
     try:
         state = torch.load(path, map_location=device, weights_only=False)
         model.load_state_dict(state["model"])
-    except (RuntimeError, KeyError, EOFError, pickle.UnpicklingError) as err:
+    except (RuntimeError, KeyError, TypeError, EOFError, pickle.UnpicklingError) as err:
         raise ValueError(f"{path} is not a checkpoint of this model ({err}); delete it to retrain") from err
     if optimizer is not None and state.get("optimizer") is not None:
         optimizer.load_state_dict(state["optimizer"])

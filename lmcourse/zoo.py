@@ -27,7 +27,7 @@ import torch
 
 from lmcourse.data import cache_dir, load_text
 from lmcourse.runtime import get_device
-from lmcourse.tokenizers import CharTokenizer
+from lmcourse.tokenizers import CharTokenizer, check_id_stream, check_positive_int
 from lmcourse.train import Batch, History, TrainConfig, sample_windows, save_checkpoint, train
 
 try:
@@ -206,6 +206,9 @@ def evaluate_text(model: torch.nn.Module, ids: torch.Tensor, block_size: int, ba
 
     Deterministic: every token after the first is predicted once, from the tokens before it in its window.
     """
+    check_id_stream(ids)
+    check_positive_int(block_size, "block_size")
+    check_positive_int(batch_size, "batch_size")
     n = (len(ids) - 1) // block_size
     if n < 1:
         raise ValueError(f"need more than block_size = {block_size} tokens to evaluate, got {len(ids)}")

@@ -235,6 +235,8 @@ def test_mha_rejects_bad_arguments():
         mha(x, context=torch.randn(3, 3, 8))
     with pytest.raises(ValueError, match=r"\(B, T, d_model\)"):
         mha(x[0])
+    with pytest.raises(ValueError, match=r"\(B, T, d_model\) with d_model=8, got shape \(2, 3, 7\)"):
+        mha(x[..., :7])  # the wrong width: caught before the projections' matmul
     with pytest.raises(ValueError, match="boolean"):
         mha(x, mask=torch.ones(3, 3))
 

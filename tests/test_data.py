@@ -235,3 +235,8 @@ def test_wrong_bytes_are_rejected_and_not_cached(monkeypatch, server, isolated):
     with pytest.raises(data.ChecksumError, match=r"expected sha256:0a30b555.*found sha256:.*Nothing was saved"):
         data.path("names")
     assert leftovers(isolated) == []
+
+
+def test_a_dataset_name_that_is_not_a_string_is_explained():
+    with pytest.raises(ValueError, match="a dataset name is a string, got 3; known datasets: .*tinyshakespeare"):
+        data.load_text(3)

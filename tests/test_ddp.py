@@ -42,3 +42,26 @@ def test_shard_splits_the_global_batch_and_rejects_uneven_sizes():
     assert torch.equal(torch.cat([p[0] for p in parts]), x) and torch.equal(torch.cat([p[1] for p in parts]), y)
     with pytest.raises(ValueError, match="must be divisible by the number of processes 4"):
         shard((x, y), 0, 4)
+
+
+@pytest.mark.parametrize("rank, world_size, rows_y, message", [
+    (4, 4, 8, r"rank must be an integer in 0..world_size-1 = 0..3, got 4"),
+    (-1, 4, 8, "rank must be an integer in 0..world_size-1"),
+    (0, 0, 8, "world_size must be a positive integer, got 0"),
+    (0, 2, 6, "x and y must have the same number of rows, got 8 and 6"),
+])
+def test_shard_rejects_a_rank_outside_the_world_and_mismatched_rows(rank, world_size, rows_y, message):
+    with pytest.raises(ValueError, match=message):
+        shard((torch.zeros(8, 2), torch.zeros(rows_y, 2)), rank, world_size)
+
+
+def test_an_interrupted_save_of_the_result_leaves_no_half_written_file(tmp_path, monkeypatch):
+    def power_cut(obj, f):
+        Path(f).write_bytes(b"half a file")
+        raise RuntimeError("power cut")
+
+    monkeypatch.setattr(torch, "save", power_cut)
+    out = tmp_path / "result.pt"
+    with pytest.raises(RuntimeError, match="power cut"):
+        main([*ARGS[:1], "1", *ARGS[2:], "--out", str(out)])
+    assert list(tmp_path.iterdir()) == []

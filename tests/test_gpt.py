@@ -302,3 +302,17 @@ def test_encoder_decoder_masks_and_training():
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0] - 0.5, losses
+
+
+def test_ids_of_a_dtype_the_embedding_cannot_read_are_explained_and_int32_works():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=16))
+    idx = torch.randint(0, 11, (2, 5))
+    for bad in (idx.to(torch.uint8), idx.to(torch.int16)):
+        with pytest.raises(ValueError, match=r"idx must hold int64 \(or int32\) token ids.*idx.long\(\)"):
+            model(bad)
+    with pytest.raises(ValueError, match="idx must be a tensor of integer token ids, got list"):
+        model(idx.tolist())
+    logits, loss = model(idx, idx)
+    logits32, loss32 = model(idx.int(), idx.int())  # int32 ids and targets give the same numbers
+    assert torch.equal(logits32, logits) and torch.equal(loss32, loss)

@@ -39,3 +39,10 @@ def test_bad_nll_is_rejected(bad):
 def test_empty_text_is_rejected():
     with pytest.raises(ValueError, match="empty text"):
         bits_per_char(1.0, 0)
+
+
+def test_perplexity_of_a_huge_loss_is_inf_and_a_non_number_is_explained():
+    assert perplexity(1000.0) == math.inf  # exp(1000) overflows a float: a diverged model's perplexity is inf
+    for bad in ([1.0, 2.0], torch.tensor([1.0, 2.0]), None):
+        with pytest.raises(ValueError, match=r"must be one number \(a float or a 0-d tensor\)"):
+            perplexity(bad)

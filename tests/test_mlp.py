@@ -213,3 +213,20 @@ def test_the_model_memorises_a_handful_of_windows_and_replays_them():
     out = model.generate(torch.full((1, 3), vocab.index("\n")), len(ids), temperature=0.05,
                          generator=torch.Generator().manual_seed(0))
     assert "".join(vocab[i] for i in out[0, 3:].tolist()) == text + "\n"
+
+
+def test_float_ids_are_refused_instead_of_rounded_down():
+    with pytest.raises(ValueError, match="ids must be integer token ids, got torch.float32"):
+        make_windows([1.7, 2.2, 3.9, 4.5], 2)
+    with pytest.raises(ValueError, match="context_size must be a positive integer, got True"):
+        make_windows([1, 2, 3], True)
+    with pytest.raises(ValueError, match="0 tokens has no window"):  # an empty list is too short, not float
+        make_windows([], 2)
+
+
+def test_int32_targets_give_the_int64_loss_and_max_new_tokens_must_be_an_integer():
+    model = MLPLM(7, 3)
+    x, y = make_windows(torch.arange(20) % 7, 3)
+    assert torch.equal(model(x.int(), y.int())[1], model(x, y)[1])
+    with pytest.raises(ValueError, match="max_new_tokens must be a non-negative integer, got 2.5"):
+        model.generate(x[:1], 2.5)

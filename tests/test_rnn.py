@@ -242,7 +242,26 @@ def test_evaluate_stream_reads_the_text_in_order_with_the_state_carried():
     assert evaluate_stream(model, ids, batch_size=1, block_size=7) == pytest.approx(whole, abs=1e-6)
     assert evaluate_stream(model, ids, batch_size=2, block_size=3) == pytest.approx(sum(halves) / 2, abs=1e-6)
     assert model.training
-    with pytest.raises(ValueError, match="ids must be a 1-D tensor"):
+    with pytest.raises(ValueError, match=r"ids must be 1-D with shape \(N,\)"):
         evaluate_stream(model, ids[None])
     with pytest.raises(ValueError, match="too few for 32 streams"):
         evaluate_stream(model, ids[:20])
+
+
+def test_int32_ids_work_and_other_dtypes_are_explained():
+    model = RNNLM(5, 4)  # no embedding: the one-hot input needs int64, the check converts int32
+    idx = torch.tensor([[0, 1, 2, 3]])
+    logits, loss = model(idx, idx)
+    logits32, loss32 = model(idx.int(), idx.int())
+    assert torch.equal(logits32, logits) and torch.equal(loss32, loss)
+    with pytest.raises(ValueError, match=r"int64 \(or int32\)"):
+        model(idx.to(torch.uint8))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"batch_size": 0}, "batch_size must be a positive integer, got 0"),
+    ({"block_size": 0}, "block_size must be a positive integer, got 0"),
+])
+def test_evaluate_stream_rejects_bad_sizes(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        evaluate_stream(RNNLM(5, 4), torch.arange(40) % 5, **kwargs)

@@ -315,6 +315,9 @@ def test_bad_arguments_raise_clear_errors():
         generate(model, torch.tensor([1, 2]), 3)
     with pytest.raises(ValueError, match="max_new_tokens"):
         generate(model, idx, -1)
+    for bad in (True, 2.0):  # a bool or a float is not a number of tokens (True would mean 1)
+        with pytest.raises(ValueError, match=f"max_new_tokens must be a non-negative integer, got {bad}"):
+            generate(model, idx, bad)
     with pytest.raises(ValueError, match=r"logits of shape \(B, T, \|V\|\)"):
         generate(FlatLM(), idx, 1)
     with pytest.raises(ValueError, match="one prompt"):

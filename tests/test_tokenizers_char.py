@@ -41,5 +41,18 @@ def test_bad_input_is_explained(tmp_path):
     with pytest.raises(ValueError, match="has 3 distinct characters, not vocab_size=5"):
         CharTokenizer().train("abc", vocab_size=5)
     (tmp_path / "x.json").write_text('{"type": "bpe"}')
-    with pytest.raises(ValueError, match="does not hold a CharTokenizer"):
+    with pytest.raises(ValueError, match="does not hold a char tokenizer"):
         CharTokenizer.load(tmp_path / "x.json")
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{not json", "not valid JSON"),
+    ('{"type": "char"}', "corrupt char tokenizer file: it lacks itos"),
+    ('{"type": "char", "itos": ["a", "bc"]}', "itos must be a list of single characters"),
+    ("[1, 2]", "does not hold a char tokenizer"),
+])
+def test_a_corrupt_saved_vocabulary_is_explained(tmp_path, content, message):
+    path = tmp_path / "char.json"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(ValueError, match=message):
+        CharTokenizer.load(path)

@@ -85,3 +85,14 @@ def test_save_load_and_bad_input(tmp_path, trained):
     (tmp_path / "c.json").write_text('{"type": "unigram", "logp": {"a": "x"}, "max_len": 4}')
     with pytest.raises(ValueError, match="corrupt unigram"):
         UnigramTokenizer.load(tmp_path / "c.json")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"shrink": 1.0}, r"shrink must be in \(0, 1\)"),  # 1 would never shrink the vocabulary
+    ({"shrink": 0.0}, r"shrink must be in \(0, 1\)"),
+    ({"seed_factor": 0}, "seed_factor must be a positive integer, got 0"),
+    ({"em_steps": 0}, "em_steps must be a positive integer, got 0"),
+])
+def test_training_settings_outside_their_range_are_rejected(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        UnigramTokenizer().train("the cat sat on the mat", 20, **kwargs)

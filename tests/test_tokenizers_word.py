@@ -50,3 +50,10 @@ def test_save_load_and_bad_input(tmp_path):
     (tmp_path / "y.json").write_text("not json")
     with pytest.raises(ValueError, match="not valid JSON"):
         WordTokenizer.load(tmp_path / "y.json")
+
+
+def test_an_untrained_or_empty_vocabulary_is_refused():
+    with pytest.raises(ValueError, match=r"no words, every word would be <unk>: call train\(text\) first"):
+        WordTokenizer().encode("the cat")
+    with pytest.raises(ValueError, match=r"no word occurs min_count=3 or more times .*largest count is 2"):
+        WordTokenizer().train("the cat the", min_count=3)

@@ -48,12 +48,12 @@ def test_sample_windows_gives_targets_shifted_by_one():
     assert torch.equal(y, x + 1) and torch.equal(x[:, 1:], x[:, :-1] + 1)
     with pytest.raises(ValueError, match="needs block_size \\+ 1 = 101 tokens, the data has only 100"):
         sample_windows(ids, 100, 1)
-    with pytest.raises(ValueError, match="1-D tensor"):
+    with pytest.raises(ValueError, match=r"1-D with shape \(N,\)"):
         sample_windows(ids.view(10, 10), 3, 1)
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"max_steps": 0}, "max_steps must be at least 1"),
+    ({"max_steps": 0}, "max_steps must be a positive integer"),
     ({"max_steps": 5, "lr": -1.0}, "need lr > 0"),
     ({"max_steps": 5, "warmup_steps": 6}, "warmup_steps must be in"),
     ({"max_steps": 5, "grad_clip": 0.0}, "grad_clip must be positive"),
@@ -232,3 +232,52 @@ def test_which_batch_callables_get_the_loops_generator():
     hist = train(Bigram(50), partial(sample_windows, ids, 4, 2, generator=torch.Generator()), TrainConfig(max_steps=2),
                  progress=False)
     assert len(hist.train_loss) == 2
+
+
+@pytest.mark.parametrize("args, message", [
+    ((list(range(100)), 8, 4), "ids must be a tensor of integer token ids, got list"),
+    ((torch.rand(100), 8, 4), "ids must be a tensor of integer token ids, got torch.float32"),
+    ((torch.arange(100), 0, 4), "block_size must be a positive integer, got 0"),
+    ((torch.arange(100), 2.5, 4), "block_size must be a positive integer, got 2.5"),
+    ((torch.arange(100), 8, 0), "batch_size must be a positive integer, got 0"),
+])
+def test_sample_windows_rejects_bad_input(args, message):
+    with pytest.raises(ValueError, match=message):
+        sample_windows(*args)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"max_steps": 2.5}, "max_steps must be a positive integer, got 2.5"),
+    ({"max_steps": 5, "lr": float("nan")}, "need lr > 0"),
+    ({"max_steps": 5, "lr": float("inf")}, "need lr > 0"),
+    ({"max_steps": 5, "eval_batches": 0}, "eval_batches must be a positive integer, got 0"),
+])
+def test_config_values_that_would_fail_late_are_rejected_early(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**kwargs)
+
+
+def test_a_model_or_batch_function_that_breaks_the_convention_is_explained():
+    ids = torch.arange(200) % 5
+    cfg = TrainConfig(max_steps=1)
+    with pytest.raises(ValueError, match=r"must return \(logits, loss\).*got a tensor of shape \(16, 8, 5\)"):
+        train(_LogitsOnly(5), data_fn(ids), cfg, progress=False)
+    with pytest.raises(ValueError, match=r"must return a pair \(x, y\) of tensors, got a tensor of shape \(200,\)"):
+        train(Bigram(5), lambda: ids, cfg, progress=False)
+    with pytest.raises(ValueError, match="n_batches must be a positive integer, got 0"):
+        evaluate(Bigram(5), data_fn(ids), 0)
+
+
+class _LogitsOnly(Bigram):
+    """A model that forgets to return the loss."""
+
+    def forward(self, x, targets=None):
+        return super().forward(x)[0]
+
+
+def test_loading_a_folder_or_a_foreign_pickle_is_explained(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint at .* \(it is a folder\)"):
+        load_checkpoint(tmp_path, Bigram(5))
+    torch.save([1, 2], tmp_path / "list.pt")
+    with pytest.raises(ValueError, match="list.pt is not a checkpoint of this model"):
+        load_checkpoint(tmp_path / "list.pt", Bigram(5))

@@ -204,3 +204,14 @@ def test_a_recipe_with_its_own_batches_and_evaluation_trains_through_get(tiny, m
     assert first.info["val_loss_nats"] == pytest.approx(zoo.evaluate_windows(first.model, val_ids, 3), rel=1e-6)
     again = zoo.get("tiny_mlp", device="cpu", progress=False)
     assert torch.equal(first.model.out.weight, again.model.out.weight) and again.info == first.info
+
+
+@pytest.mark.parametrize("ids, kwargs, message", [
+    (torch.arange(40) % 5, {"block_size": 0}, "block_size must be a positive integer, got 0"),
+    (torch.arange(40) % 5, {"block_size": 8, "batch_size": 0}, "batch_size must be a positive integer, got 0"),
+    ((torch.arange(40) % 5).view(4, 10), {"block_size": 8}, r"ids must be 1-D with shape \(N,\)"),
+    (list(range(5)) * 8, {"block_size": 8}, "ids must be a tensor of integer token ids, got list"),
+])
+def test_evaluate_text_rejects_bad_input(ids, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        zoo.evaluate_text(Bigram(5), ids, **kwargs)

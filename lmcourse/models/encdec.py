@@ -108,7 +108,7 @@ class EncoderDecoder(nn.Module):
         logits = self.head(self.ln_f(x))  # (B, T, V)
         if targets is None:
             return logits
-        return logits, F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1)
+        return logits, F.cross_entropy(logits.flatten(0, 1), targets.flatten().long(), ignore_index=-1)
 
 
 def _key_mask(src_mask: torch.Tensor, src: torch.Tensor) -> torch.Tensor:

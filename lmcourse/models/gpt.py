@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from lmcourse.attention import KVCache
 from lmcourse.models.layers import Block, RotaryEmbedding, init_weights, make_norm, sinusoidal_positions
-from lmcourse.sampling import check_sampling_args, sample_next
+from lmcourse.sampling import check_max_new_tokens, check_sampling_args, sample_next
 from lmcourse.tokenizers import check_ids
 
 __all__ = ["GPTConfig", "GPT"]
@@ -136,7 +136,7 @@ class GPT(nn.Module):
         """
         validate = not torch.compiler.is_compiling()  # the checks read values (.min()): no graph breaks when compiled
         if validate:
-            check_ids(idx, self.vocab_size, "idx", 2, "(B, T)", read_values=idx.device.type in _READ_VALUES_ON)
+            check_ids(idx, self.vocab_size, "idx", 2, "(B, T)", read_values=_reads_values(idx))
         B, T = idx.shape
         if caches is not None and len(caches) != len(self.blocks):
             raise ValueError(f"caches must hold one KVCache per layer ({len(self.blocks)}), got {len(caches)}")
@@ -165,7 +165,7 @@ class GPT(nn.Module):
         logits = self.head(self.ln_f(x))  # (B, T, V)
         if targets is None:
             return logits
-        loss = F.cross_entropy(logits.view(B * T, -1), targets.reshape(B * T), ignore_index=-1)
+        loss = F.cross_entropy(logits.view(B * T, -1), targets.reshape(B * T).long(), ignore_index=-1)
         return logits, loss
 
     def new_caches(self, B: int) -> list[KVCache]:
@@ -198,8 +198,7 @@ class GPT(nn.Module):
         """
         check_ids(idx, self.vocab_size, "idx", 2, "(B, T)")
         check_sampling_args(temperature, top_k, top_p, greedy)
-        if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
+        check_max_new_tokens(max_new_tokens)
         if idx.shape[1] < 1 or not self.config.causal:
             raise ValueError("generate needs a causal model and a prompt of at least one token per row")
         real = None if attention_mask is None else _check_attention_mask(attention_mask, tuple(idx.shape))
@@ -273,18 +272,21 @@ class GPT(nn.Module):
 _READ_VALUES_ON = ("cpu", "mps")
 
 
+def _reads_values(ids: torch.Tensor) -> bool:
+    """Whether the checks read the values of ``ids`` (a tensor on a device of ``_READ_VALUES_ON``)."""
+    return isinstance(ids, torch.Tensor) and ids.device.type in _READ_VALUES_ON
+
+
 def check_targets(targets: torch.Tensor, idx: torch.Tensor, vocab_size: int) -> None:
     """Raise a ValueError unless ``targets`` is an integer tensor shaped like ``idx`` with ids in -1..vocab_size-1.
 
     The values are read (min and max) only on the devices of ``_READ_VALUES_ON``: on CUDA that would wait for the
     GPU at every step, and the cross-entropy kernel asserts on out-of-range targets itself.
     """
-    if not isinstance(targets, torch.Tensor) or targets.dtype.is_floating_point or targets.dtype == torch.bool:
-        raise ValueError(f"targets must be a tensor of integer token ids, got {getattr(targets, 'dtype', targets)!r}")
+    check_ids(targets, vocab_size, "targets", idx.ndim, "(B, T)", read_values=False)
     if targets.shape != idx.shape:
         raise ValueError(f"targets must have the shape of idx {tuple(idx.shape)}, got {tuple(targets.shape)}")
-    read_values = targets.device.type in _READ_VALUES_ON
-    if targets.numel() and read_values and (int(targets.min()) < -1 or int(targets.max()) >= vocab_size):
+    if targets.numel() and _reads_values(targets) and (int(targets.min()) < -1 or int(targets.max()) >= vocab_size):
         raise ValueError(f"targets hold values from {int(targets.min())} to {int(targets.max())}; they must be ids "
                          f"in 0..{vocab_size - 1}, or -1 for positions left out of the loss")
 

@@ -19,8 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lmcourse.sampling import check_sampling_args, sample_next
-from lmcourse.tokenizers import check_ids
+from lmcourse.sampling import check_max_new_tokens, check_sampling_args, sample_next
+from lmcourse.tokenizers import check_ids, check_positive_int
 
 __all__ = ["MLPLM", "make_windows"]
 
@@ -43,8 +43,7 @@ class MLPLM(nn.Module):
         super().__init__()
         for name, value in [("vocab_size", vocab_size), ("context_size", context_size),
                             ("n_embd", n_embd), ("n_hidden", n_hidden)]:
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            check_positive_int(value, name)
         self.vocab_size, self.context_size = vocab_size, context_size
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -79,7 +78,7 @@ class MLPLM(nn.Module):
         if targets.shape[0] != idx.shape[0]:
             raise ValueError(f"targets has {targets.shape[0]} entries but idx has {idx.shape[0]} rows; "
                              "there must be one target per context window")
-        return logits, F.cross_entropy(logits, targets)
+        return logits, F.cross_entropy(logits, targets.long())
 
     def _check_ids(self, ids: torch.Tensor, name: str, ndim: int) -> None:
         check_ids(ids, self.vocab_size, name, ndim, "(B, context_size)" if ndim == 2 else "(B,)")
@@ -108,8 +107,7 @@ class MLPLM(nn.Module):
             raise ValueError(f"idx needs at least context_size={self.context_size} tokens per row to start "
                              f"from, got {idx.shape[1]}; pad the start (e.g. with the newline id)")
         check_sampling_args(temperature, top_k, top_p)
-        if max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        check_max_new_tokens(max_new_tokens)
         window = idx[:, -self.context_size:]
         new = []
         for _ in range(max_new_tokens):
@@ -149,12 +147,14 @@ def make_windows(ids: Sequence[int] | torch.Tensor, context_size: int, pad_id: i
     Returns:
         X (N, k) and Y (N,), both int64 on the device of ``ids`` (CPU for a list).
     """
-    if not isinstance(context_size, int) or context_size < 1:
-        raise ValueError(f"context_size must be a positive integer, got {context_size!r}")
+    check_positive_int(context_size, "context_size")
     for name, value in [("pad_id", pad_id), ("reset_id", reset_id)]:
         if value is not None and not isinstance(value, int):
             raise ValueError(f"{name} must be an integer token id or None, got {value!r}")
-    ids = torch.as_tensor(ids, dtype=torch.long)
+    ids = torch.as_tensor(ids)
+    if ids.numel() and (ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool):
+        raise ValueError(f"ids must be integer token ids, got {ids.dtype}; a float id would be silently rounded down")
+    ids = ids.long()
     if ids.ndim != 1:
         raise ValueError(f"ids must be a 1-D sequence of token ids, got shape {tuple(ids.shape)}")
     if pad_id is not None:

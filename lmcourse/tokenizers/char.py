@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable
-from pathlib import Path
+
+from lmcourse.tokenizers._io import load_state, save_state
 
 __all__ = ["CharTokenizer"]
 
@@ -55,15 +55,12 @@ class CharTokenizer:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the vocabulary as JSON (atomically: a temporary file renamed into place)."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps({"type": "char", "itos": self.itos}, ensure_ascii=False), encoding="utf-8")
-        os.replace(tmp, path)
+        save_state(path, "char", {"itos": self.itos})
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> CharTokenizer:
         """Read a vocabulary written by :meth:`save`."""
-        state = json.loads(Path(path).read_text(encoding="utf-8"))
-        if state.get("type") != "char":
-            raise ValueError(f"{path} does not hold a CharTokenizer (type={state.get('type')!r})")
-        return cls(state["itos"])
+        itos = load_state(path, "char", ("itos",))["itos"]
+        if not isinstance(itos, list) or not all(isinstance(ch, str) and len(ch) == 1 for ch in itos):
+            raise ValueError(f"{path} is a corrupt char tokenizer file: itos must be a list of single characters")
+        return cls(itos)

@@ -48,6 +48,9 @@ class WordTokenizer:
         if not counts:
             raise ValueError("cannot train a WordTokenizer on a text without words")
         ranked = sorted((w for w, c in counts.items() if c >= min_count), key=lambda w: (-counts[w], w))
+        if not ranked:
+            raise ValueError(f"no word occurs min_count={min_count!r} or more times in the text (the largest count "
+                             f"is {max(counts.values())}): lower min_count")
         self.__init__(ranked[:None if vocab_size is None else vocab_size - 1])
         return self
 
@@ -57,6 +60,8 @@ class WordTokenizer:
 
     def encode(self, text: str) -> list[int]:
         """The id of each word of ``text``; 0 (``<unk>``) for a word outside the vocabulary."""
+        if self.vocab_size == 1:
+            raise ValueError("this WordTokenizer has no words, every word would be <unk>: call train(text) first")
         return [self.stoi.get(w, 0) for w in self.words(text)]
 
     def oov_rate(self, text: str) -> float:
