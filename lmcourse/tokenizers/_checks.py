@@ -1,10 +1,12 @@
 """Checks of the arguments that recur across the package: token-id tensors and positive integer sizes."""
 
 import numbers
+import operator
+from collections.abc import Iterable
 
 import torch
 
-__all__ = ["ID_DTYPES", "check_ids", "check_id_stream", "check_positive_int"]
+__all__ = ["ID_DTYPES", "check_ids", "check_id_stream", "check_positive_int", "decode_ids"]
 
 # The dtypes an embedding lookup accepts; other integer tensors (uint8, int16, ...) fail deep inside torch.
 ID_DTYPES = (torch.int64, torch.int32)
@@ -40,3 +42,24 @@ def check_positive_int(value: int, name: str, hint: str = "") -> None:
     """Raise a ValueError unless ``value`` is an integer >= 1 (a Python or NumPy int; not a bool, not a float)."""
     if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}{hint}")
+
+
+def decode_ids(ids: Iterable[int] | torch.Tensor, vocab_size: int) -> list[int]:
+    """``ids`` (a list, or a 1-D integer tensor) as a list of ints in 0..vocab_size-1, for a tokenizer's ``decode``.
+
+    A ValueError names the first id that is not one: a float such as 1.7 (never silently truncated), a row of a
+    2-D tensor, or an id outside the vocabulary.
+    """
+    if isinstance(ids, torch.Tensor):
+        check_ids(ids, vocab_size, "ids", 1, "(T,)", "; decode one sequence at a time")
+        return ids.tolist()
+    out = []
+    for i in ids:
+        try:
+            i = operator.index(i)
+        except TypeError:
+            raise ValueError(f"ids must be integer token ids, got {i!r}") from None
+        if not 0 <= i < vocab_size:
+            raise ValueError(f"id {i} is outside the vocabulary (0..{vocab_size - 1})")
+        out.append(i)
+    return out

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import regex
 
+from lmcourse.tokenizers._checks import decode_ids
 from lmcourse.tokenizers._io import load_state, save_state
 from lmcourse.tokenizers.bpe_train import bytes_to_unicode, train_fast, train_naive
 
@@ -163,9 +164,9 @@ class BPETokenizer:
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
         """The bytes of the tokens ``ids``, concatenated."""
         try:
-            return b"".join(self._decoder[int(i)] for i in ids)
-        except KeyError as err:
-            raise ValueError(f"id {err.args[0]} is not in the vocabulary (0..{self.vocab_size - 1})") from None
+            return b"".join(self._decoder[i] for i in decode_ids(ids, self.vocab_size))
+        except KeyError as err:  # an unused id below the largest one
+            raise ValueError(f"id {err.args[0]} is not in the vocabulary") from None
 
     def decode(self, ids: Iterable[int]) -> str:
         """The text of the tokens ``ids`` (invalid UTF-8, from a partial sequence, becomes U+FFFD)."""

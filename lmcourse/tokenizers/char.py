@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 
+from lmcourse.tokenizers._checks import decode_ids
 from lmcourse.tokenizers._io import load_state, save_state
 
 __all__ = ["CharTokenizer"]
@@ -47,11 +48,7 @@ class CharTokenizer:
 
     def decode(self, ids: Iterable[int]) -> str:
         """The text whose characters have these ids."""
-        ids = [int(i) for i in ids]
-        bad = [i for i in ids if not 0 <= i < self.vocab_size]
-        if bad:
-            raise ValueError(f"id {bad[0]} is outside the vocabulary (0..{self.vocab_size - 1})")
-        return "".join(self.itos[i] for i in ids)
+        return "".join(self.itos[i] for i in decode_ids(ids, self.vocab_size))
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the vocabulary as JSON (atomically: a temporary file renamed into place)."""

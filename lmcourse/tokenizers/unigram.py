@@ -27,7 +27,7 @@ from collections.abc import Iterable
 
 import regex
 
-from lmcourse.tokenizers._checks import check_positive_int
+from lmcourse.tokenizers._checks import check_positive_int, decode_ids
 from lmcourse.tokenizers._io import load_state, save_state
 from lmcourse.tokenizers.bpe import GPT2_PATTERN
 
@@ -173,11 +173,7 @@ class UnigramTokenizer:
 
     def decode(self, ids: Iterable[int]) -> str:
         """The concatenated pieces (``<unk>`` for id 0)."""
-        ids = [int(i) for i in ids]
-        bad = [i for i in ids if not 0 <= i < self.vocab_size]
-        if bad:
-            raise ValueError(f"id {bad[0]} is outside the vocabulary (0..{self.vocab_size - 1})")
-        return "".join(self.pieces[i] for i in ids)
+        return "".join(self.pieces[i] for i in decode_ids(ids, self.vocab_size))
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the pieces and their log-probabilities as JSON, atomically."""

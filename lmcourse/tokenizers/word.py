@@ -8,6 +8,7 @@ from collections.abc import Iterable
 
 import regex
 
+from lmcourse.tokenizers._checks import decode_ids
 from lmcourse.tokenizers._io import load_state, save_state
 
 __all__ = ["WordTokenizer", "WORD_PATTERN", "UNK"]
@@ -73,11 +74,7 @@ class WordTokenizer:
 
     def decode(self, ids: Iterable[int]) -> str:
         """The words with these ids, separated by single spaces."""
-        ids = [int(i) for i in ids]
-        bad = [i for i in ids if not 0 <= i < self.vocab_size]
-        if bad:
-            raise ValueError(f"id {bad[0]} is outside the vocabulary (0..{self.vocab_size - 1})")
-        return " ".join(self.itos[i] for i in ids)
+        return " ".join(self.itos[i] for i in decode_ids(ids, self.vocab_size))
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the vocabulary as JSON, atomically."""

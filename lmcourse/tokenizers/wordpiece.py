@@ -18,6 +18,7 @@ from collections.abc import Iterable
 
 import regex
 
+from lmcourse.tokenizers._checks import decode_ids
 from lmcourse.tokenizers._io import load_state, save_state
 from lmcourse.tokenizers.bpe_train import PairIndex
 
@@ -113,9 +114,7 @@ class WordPieceTokenizer:
     def decode(self, ids: Iterable[int]) -> str:
         """The words of these ids, separated by spaces (``##`` pieces are glued to the piece before them)."""
         out = []
-        for i in map(int, ids):
-            if not 0 <= i < self.vocab_size:
-                raise ValueError(f"id {i} is outside the vocabulary (0..{self.vocab_size - 1})")
+        for i in decode_ids(ids, self.vocab_size):
             piece = self.itos[i]
             out.append(piece[len(self.prefix):] if piece.startswith(self.prefix) and out else " " + piece)
         return "".join(out).removeprefix(" ")
