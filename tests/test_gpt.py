@@ -147,7 +147,8 @@ def test_config_round_trips_and_rejects_bad_values():
     assert GPTConfig(**dataclasses.asdict(config)) == config
     bad = [dict(vocab_size=0), dict(n_head=3), dict(pos="alibi"), dict(norm="batchnorm"), dict(mlp="relu"),
            dict(n_kv_head=3, n_head=4), dict(window=0), dict(window=2, causal=False), dict(dropout=1.0),
-           dict(n_layer=2.0), dict(pos="rope", n_embd=12, n_head=4)]
+           dict(n_layer=2.0), dict(pos="rope", n_embd=12, n_head=4), dict(n_kv_head=True), dict(window=True),
+           dict(dropout="0.1"), dict(dropout=True)]
     for kwargs in bad:
         with pytest.raises(ValueError):
             GPTConfig(**{"vocab_size": V, "block_size": T, "n_layer": 2, "n_head": 2, "n_embd": 16, **kwargs})

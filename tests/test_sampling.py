@@ -298,7 +298,8 @@ def test_bad_arguments_raise_clear_errors():
     assert sample_next(y, temperature=0.0, greedy=True).shape == (2, 1)  # the temperature is not used
     for kwargs, message in [({"top_k": 0}, "top_k must be a positive integer"), ({"top_k": 2.5}, "top_k"),
                             ({"top_p": 0.0}, r"top_p must be in \(0, 1\]"), ({"top_p": 1.5}, "top_p"),
-                            ({"temperature": -1.0}, "temperature"), ({"temperature": math.inf}, "temperature")]:
+                            ({"temperature": -1.0}, "temperature"), ({"temperature": math.inf}, "temperature"),
+                            ({"temperature": True}, "temperature"), ({"top_p": True}, "top_p")]:
         with pytest.raises(ValueError, match=message):
             filter_logits(y, **kwargs)
         with pytest.raises(ValueError, match=message):

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from lmcourse.attention import KVCache
 from lmcourse.models.layers import Block, RotaryEmbedding, init_weights, make_norm, sinusoidal_positions
 from lmcourse.sampling import check_max_new_tokens, check_sampling_args, sample_next
-from lmcourse.tokenizers import check_ids
+from lmcourse.tokenizers import check_ids, check_positive_int
 
 __all__ = ["GPTConfig", "GPT"]
 
@@ -50,23 +50,21 @@ class GPTConfig:
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            check_positive_int(getattr(self, name), name)
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
         for name, allowed in _CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        if self.n_kv_head is not None and (not isinstance(self.n_kv_head, int) or self.n_kv_head < 1
-                                           or self.n_head % self.n_kv_head):
-            raise ValueError(f"n_kv_head must be None or a positive divisor of n_head={self.n_head}, "
-                             f"got {self.n_kv_head!r}")
-        if self.window is not None and (not isinstance(self.window, int) or self.window < 1):
-            raise ValueError(f"window must be None or a positive integer, got {self.window!r}")
+        if self.n_kv_head is not None:
+            check_positive_int(self.n_kv_head, "n_kv_head", f" (or None); a divisor of n_head={self.n_head}")
+            if self.n_head % self.n_kv_head:
+                raise ValueError(f"n_kv_head must be None or a divisor of n_head={self.n_head}, got {self.n_kv_head}")
+        if self.window is not None:
+            check_positive_int(self.window, "window", " (or None for full attention)")
         if self.window is not None and not self.causal:
             raise ValueError("window (sliding-window attention) is implemented for causal models only")
-        if not 0.0 <= self.dropout < 1.0:
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, int | float) or not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
         if self.pos == "rope" and (self.n_embd // self.n_head) % 2:
             raise ValueError(f"pos='rope' needs an even head size, got n_embd / n_head = {self.n_embd // self.n_head}")
