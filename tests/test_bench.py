@@ -67,3 +67,13 @@ def test_gpu_benchmark_quick_mode_runs_on_a_cpu_and_writes_its_record(tmp_path):
     assert c["steps"] >= 1 and c["tokens"] == c["steps"] * c["batch_windows"] * c["model"]["block_size"]
     assert c["val_chars"] == 10_000 and c["val_loss_nats_per_char"] < math.log(c["model"]["vocab_size"]), \
         "the character model learns something in its few seconds (below the uniform model's loss)"
+
+
+def test_gpu_smoke_script_passes_its_checks_on_a_cpu():
+    """benchmarks/gpu_smoke.py checks a lent GPU's code paths; on a CPU it runs their CPU variants, and must pass."""
+    done = subprocess.run([sys.executable, "benchmarks/gpu_smoke.py", "--no-compile"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    assert sum(line.startswith("ok ") for line in lines) == 7 and not any(line.startswith("FAIL") for line in lines)
+    assert lines[-1] == "7 of 7 checks passed on cpu"
