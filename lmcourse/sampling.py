@@ -25,6 +25,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from lmcourse.tokenizers import is_number
+
 __all__ = ["check_sampling_args", "check_max_new_tokens", "filter_logits", "sample_next", "generate", "Hypothesis",
            "beam_search", "pass_at_k", "distinct_n", "chi_square_test"]
 
@@ -32,18 +34,13 @@ __all__ = ["check_sampling_args", "check_max_new_tokens", "filter_logits", "samp
 def check_sampling_args(temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
                         greedy: bool = False) -> None:
     """Raise a ValueError unless the decoding arguments make sense (temperature is not used when greedy)."""
-    if not greedy and not (_is_number(temperature) and temperature > 0 and math.isfinite(temperature)):
+    if not greedy and not (is_number(temperature) and temperature > 0 and math.isfinite(temperature)):
         raise ValueError(f"temperature must be > 0 and finite, got {temperature!r}; for the limit T -> 0 "
                          "(always the most probable token) use greedy=True")
     if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
         raise ValueError(f"top_k must be a positive integer (or None to keep every token), got {top_k!r}")
-    if top_p is not None and (not _is_number(top_p) or not 0 < top_p <= 1):
+    if top_p is not None and (not is_number(top_p) or not 0 < top_p <= 1):
         raise ValueError(f"top_p must be in (0, 1] (or None to keep every token), got {top_p!r}")
-
-
-def _is_number(value: object) -> bool:
-    """A real number (int or float), not a bool (``True`` would pass for 1)."""
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def check_max_new_tokens(max_new_tokens: int) -> None:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from lmcourse.attention import KVCache
 from lmcourse.models.layers import Block, RotaryEmbedding, init_weights, make_norm, sinusoidal_positions
 from lmcourse.sampling import check_max_new_tokens, check_sampling_args, sample_next
-from lmcourse.tokenizers import check_ids, check_positive_int
+from lmcourse.tokenizers import check_ids, check_positive_int, is_number
 
 __all__ = ["GPTConfig", "GPT"]
 
@@ -64,7 +64,7 @@ class GPTConfig:
             check_positive_int(self.window, "window", " (or None for full attention)")
         if self.window is not None and not self.causal:
             raise ValueError("window (sliding-window attention) is implemented for causal models only")
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, int | float) or not 0.0 <= self.dropout < 1.0:
+        if not is_number(self.dropout) or not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
         if self.pos == "rope" and (self.n_embd // self.n_head) % 2:
             raise ValueError(f"pos='rope' needs an even head size, got n_embd / n_head = {self.n_embd // self.n_head}")

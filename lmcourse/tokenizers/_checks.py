@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 import torch
 
-__all__ = ["ID_DTYPES", "check_ids", "check_id_stream", "check_positive_int", "decode_ids"]
+__all__ = ["ID_DTYPES", "check_ids", "check_id_stream", "check_positive_int", "is_number", "decode_ids"]
 
 # The dtypes an embedding lookup accepts; other integer tensors (uint8, int16, ...) fail deep inside torch.
 ID_DTYPES = (torch.int64, torch.int32)
@@ -42,6 +42,11 @@ def check_positive_int(value: int, name: str, hint: str = "") -> None:
     """Raise a ValueError unless ``value`` is an integer >= 1 (a Python or NumPy int; not a bool, not a float)."""
     if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}{hint}")
+
+
+def is_number(value: object) -> bool:
+    """A real number (an int or a float), not a bool (``True`` would pass for 1)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def decode_ids(ids: Iterable[int] | torch.Tensor, vocab_size: int) -> list[int]:

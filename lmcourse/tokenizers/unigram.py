@@ -27,7 +27,7 @@ from collections.abc import Iterable
 
 import regex
 
-from lmcourse.tokenizers._checks import check_positive_int, decode_ids
+from lmcourse.tokenizers._checks import check_positive_int, decode_ids, is_number
 from lmcourse.tokenizers._io import load_state, save_state
 from lmcourse.tokenizers.bpe import GPT2_PATTERN
 
@@ -119,7 +119,7 @@ class UnigramTokenizer:
         if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < len(chars) + 1:
             raise ValueError(f"vocab_size must be an integer >= {len(chars) + 1} (<unk> and the {len(chars)} "
                              f"characters of the text), got {vocab_size!r}")
-        if not (isinstance(shrink, int | float) and 0 < shrink < 1):
+        if not (is_number(shrink) and 0 < shrink < 1):
             raise ValueError(f"shrink must be in (0, 1), the share of pieces each round keeps, got {shrink!r}")
         check_positive_int(seed_factor, "seed_factor")
         check_positive_int(em_steps, "em_steps")
