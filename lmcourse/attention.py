@@ -23,6 +23,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from lmcourse.core import check_positive_int
+
 __all__ = ["scaled_dot_product_attention", "causal_mask", "padding_mask", "KVCache", "MultiHeadAttention"]
 
 
@@ -74,8 +76,8 @@ def causal_mask(T_q: int, T_k: int | None = None, window: int | None = None,
     T_k = T_q if T_k is None else T_k
     if T_q < 1 or T_k < 1:
         raise ValueError(f"T_q and T_k must be positive, got T_q={T_q}, T_k={T_k}")
-    if window is not None and (not isinstance(window, int) or window < 1):
-        raise ValueError(f"window must be a positive integer or None, got {window!r}")
+    if window is not None:
+        check_positive_int(window, "window", " (or None)")
     if offset < 0:
         raise ValueError(f"offset must be >= 0, got {offset}")
     i = torch.arange(offset, offset + T_q, device=device)[:, None]  # (T_q, 1)

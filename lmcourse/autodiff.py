@@ -22,6 +22,8 @@ import numbers
 import random
 from collections.abc import Sequence
 
+from lmcourse.core import check_positive_int, is_number
+
 __all__ = ["Value", "topological_order", "Module", "Neuron", "Linear", "MLP", "softmax", "cross_entropy"]
 
 
@@ -33,7 +35,7 @@ class Value:
 
     def __init__(self, data: float, label: str = "", *, _children: tuple[Value, ...] = (),
                  _local_grads: tuple[float, ...] = (), _op: str = "") -> None:
-        if not _is_number(data):
+        if not is_number(data):
             raise TypeError(f"a Value holds one Python number (int or float), got {type(data).__name__}; "
                             "for a vector use a list of Values")
         self.data = float(data)
@@ -61,7 +63,7 @@ class Value:
         if isinstance(p, Value):
             raise TypeError("Value ** Value is not supported: the exponent must be a constant Python number; "
                             "for a variable exponent y write (y * x.log()).exp()")
-        if not _is_number(p):
+        if not is_number(p):
             raise TypeError(f"the exponent of ** must be an int or a float, got {type(p).__name__}")
         x, p = self.data, float(p)
         if x < 0 and not p.is_integer():
@@ -145,15 +147,10 @@ def _lift(x: Value | float, op: str) -> Value:
     """A Value for ``x``: Values pass through, Python numbers become constants (leaves)."""
     if isinstance(x, Value):
         return x
-    if _is_number(x):
+    if is_number(x):
         return Value(x)
     raise TypeError(f"unsupported operand for {op}: a Value combines with Values and Python numbers, "
                     f"not {type(x).__name__}")
-
-
-def _is_number(x: object) -> bool:
-    """A plain real number (int, float, NumPy scalar), not a bool and not a Value."""
-    return type(x) in (float, int) or (isinstance(x, numbers.Real) and not isinstance(x, bool | Value))
 
 
 def topological_order(root: Value) -> list[Value]:
@@ -203,8 +200,7 @@ class Neuron(Module):
     the same distribution as ``torch.nn.Linear``'s default initialisation."""
 
     def __init__(self, n_in: int, activation: str | None = None, seed: int | random.Random = 0) -> None:
-        if not isinstance(n_in, int) or n_in < 1:
-            raise ValueError(f"a Neuron needs n_in >= 1 inputs, got {n_in!r}")
+        check_positive_int(n_in, "n_in", " (a Neuron's number of inputs)")
         if activation not in _ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}: choose 'tanh', 'relu' or None (linear)")
         rng, bound = _rng(seed), 1.0 / math.sqrt(n_in)
@@ -229,8 +225,7 @@ class Linear(Module):
     """A layer of n_out neurons on the same n_in inputs: y = activation(W x + b), W of shape (n_out, n_in)."""
 
     def __init__(self, n_in: int, n_out: int, activation: str | None = None, seed: int | random.Random = 0) -> None:
-        if not isinstance(n_out, int) or n_out < 1:
-            raise ValueError(f"a Linear layer needs n_out >= 1 neurons, got {n_out!r}")
+        check_positive_int(n_out, "n_out", " (a Linear layer's number of neurons)")
         rng = _rng(seed)
         self.neurons = [Neuron(n_in, activation, rng) for _ in range(n_out)]
 

@@ -25,6 +25,7 @@ from collections.abc import Iterator
 import numpy as np
 from tqdm.auto import tqdm
 
+from lmcourse.core import check_non_negative_int, check_positive_int, is_number
 from lmcourse.train import History
 
 __all__ = ["PARAM_NAMES", "IGNORE", "init_params", "forward", "backward", "batchify", "truncated_bptt",
@@ -38,8 +39,7 @@ Params = dict[str, np.ndarray]
 def init_params(vocab_size: int, hidden_size: int, seed: int = 0, dtype: type = np.float64) -> Params:
     """Weights uniform in (-1/sqrt(H), 1/sqrt(H)) as in ``torch.nn.RNN``, biases zero."""
     for name, value in [("vocab_size", vocab_size), ("hidden_size", hidden_size)]:
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check_positive_int(value, name)
     rng = np.random.default_rng(seed)
     s = 1 / math.sqrt(hidden_size)
     V, H = vocab_size, hidden_size
@@ -160,7 +160,8 @@ def batchify(ids: np.ndarray, batch_size: int) -> np.ndarray:
     ids = np.asarray(ids)
     if ids.ndim != 1:
         raise ValueError(f"ids must be a 1-D stream of token ids, got shape {ids.shape}")
-    if not isinstance(batch_size, int) or not 1 <= batch_size <= len(ids) // 2:
+    check_positive_int(batch_size, "batch_size")
+    if batch_size > len(ids) // 2:
         raise ValueError(f"batch_size must be an integer in 1..{len(ids) // 2} for {len(ids)} ids, got {batch_size}")
     L = len(ids) // batch_size
     return ids[: batch_size * L].reshape(batch_size, L)
@@ -168,8 +169,7 @@ def batchify(ids: np.ndarray, batch_size: int) -> np.ndarray:
 
 def _chunks(stream: np.ndarray, seq_len: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Consecutive (inputs, targets) chunks of k = seq_len steps of a (B, L) stream; the last may be shorter."""
-    if not isinstance(seq_len, int) or seq_len < 1:
-        raise ValueError(f"seq_len must be a positive integer, got {seq_len!r}")
+    check_positive_int(seq_len, "seq_len")
     stream = np.asarray(stream)
     if stream.ndim != 2 or stream.shape[1] < 2:
         raise ValueError(f"stream must be (B, L) with L >= 2 (see batchify), got shape {stream.shape}")
@@ -243,8 +243,7 @@ def train(params: Params, stream: np.ndarray, seq_len: int, max_steps: int, lr: 
     """
     if optimizer not in ("adam", "sgd"):
         raise ValueError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
-    if not isinstance(max_steps, int) or max_steps < 1:
-        raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}")
+    check_positive_int(max_steps, "max_steps")
     adam = Adam(params, lr) if optimizer == "adam" else None
     history, start = History(), time.perf_counter()
     bar = tqdm(total=max_steps, desc="training (NumPy BPTT)", disable=not progress)
@@ -281,8 +280,9 @@ def sample(params: Params, prompt: list[int], n: int, temperature: float = 1.0, 
     """Read the ``prompt`` ids, then sample ``n`` more ids one at a time from softmax(y_t / temperature)."""
     V, H = _sizes(params)
     prompt_ids = _check_ids(np.asarray(prompt, dtype=np.int64)[None], V, "prompt")[0]
-    if temperature <= 0 or not isinstance(n, int) or n < 0:
-        raise ValueError(f"need temperature > 0 and an integer n >= 0, got temperature={temperature}, n={n!r}")
+    check_non_negative_int(n, "n")
+    if not (is_number(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be > 0, got {temperature!r}")
     rng = np.random.default_rng(seed)
     h, out = np.zeros(H, params["W_hh"].dtype), [int(i) for i in prompt_ids]
     for i in range(len(prompt_ids) + n - 1):

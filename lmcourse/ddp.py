@@ -24,9 +24,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from lmcourse.models import GPT
-from lmcourse.models.gpt import GPTConfig
-from lmcourse.tokenizers import check_positive_int
+from lmcourse.core import check_non_negative_int, check_positive_int
+from lmcourse.models.gpt import GPT, GPTConfig
 from lmcourse.train import TrainConfig, sample_windows, save_atomic, train
 
 __all__ = ["shard", "main"]
@@ -37,7 +36,8 @@ def shard(batch: tuple[torch.Tensor, torch.Tensor], rank: int, world_size: int) 
     x, y = batch
     B = x.shape[0]
     check_positive_int(world_size, "world_size")
-    if not isinstance(rank, int) or not 0 <= rank < world_size:
+    check_non_negative_int(rank, "rank")
+    if rank >= world_size:
         raise ValueError(f"rank must be an integer in 0..world_size-1 = 0..{world_size - 1}, got {rank!r}")
     if y.shape[0] != B:
         raise ValueError(f"x and y must have the same number of rows, got {B} and {y.shape[0]}")
@@ -52,7 +52,7 @@ def _data(name: str | None, vocab_size: int, seed: int) -> tuple[torch.Tensor, i
     if name is None:
         return torch.randint(0, vocab_size, (20_000,), generator=torch.Generator().manual_seed(seed)), vocab_size
     from lmcourse.data import load_text
-    from lmcourse.tokenizers import CharTokenizer
+    from lmcourse.tokenizers.char import CharTokenizer
 
     text = load_text(name)
     tokenizer = CharTokenizer().train(text)

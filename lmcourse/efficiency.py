@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from lmcourse import attention
+from lmcourse.core import check_non_negative_int, check_positive_int
 
 if TYPE_CHECKING:
     from lmcourse.models.gpt import GPTConfig
@@ -47,8 +48,7 @@ def online_softmax(x: torch.Tensor, dim: int = -1, block: int = 1) -> torch.Tens
     each step rescales the running sum l by exp(m_old - m_new) when a larger maximum m_new appears. A second,
     elementwise pass writes exp(x - m) / l. ``torch.softmax`` needs one pass for the max, one for the sum.
     """
-    if block < 1:
-        raise ValueError(f"block must be a positive integer, got {block}")
+    check_positive_int(block, "block")
     if x.numel() == 0 or not x.dtype.is_floating_point:
         raise ValueError(f"x must be a non-empty floating-point tensor, got shape {tuple(x.shape)}, {x.dtype}")
     x = x.movedim(dim, -1)  # (..., n)
@@ -138,8 +138,8 @@ def tiled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_causal
     if q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2] or q.shape[:-2] != k.shape[:-2] != v.shape[:-2]:
         raise ValueError(f"need q (..., T_q, d_k), k (..., T_k, d_k), v (..., T_k, d_v); got q {tuple(q.shape)}, "
                          f"k {tuple(k.shape)}, v {tuple(v.shape)}")
-    if block_q < 1 or block_k < 1:
-        raise ValueError(f"block_q and block_k must be positive, got {block_q}, {block_k}")
+    check_positive_int(block_q, "block_q")
+    check_positive_int(block_k, "block_k")
     return _TiledAttention.apply(q, k, v, is_causal, block_q, block_k)
 
 
@@ -222,9 +222,9 @@ def kv_cache_bytes(config: GPTConfig, tokens: int | None = None, batch: int = 1,
     values per token (fewer with grouped-query attention), ``bytes_per_value`` bytes each (2 for bf16/fp16).
     """
     T = config.block_size if tokens is None else tokens
-    if T < 0 or batch < 1 or bytes_per_value < 1:
-        raise ValueError(f"need tokens >= 0, batch >= 1 and bytes_per_value >= 1, got {tokens}, {batch}, "
-                         f"{bytes_per_value}")
+    check_non_negative_int(T, "tokens")
+    check_positive_int(batch, "batch")
+    check_positive_int(bytes_per_value, "bytes_per_value")
     n_kv_head = config.n_kv_head or config.n_head
     return 2 * config.n_layer * n_kv_head * (config.n_embd // config.n_head) * T * batch * bytes_per_value
 

@@ -31,11 +31,11 @@ from lmcourse import zoo
 from lmcourse.data import load_text
 from lmcourse.efficiency import attention_as_matmuls, gpt_flops_per_token
 from lmcourse.metrics import nats_to_bits, perplexity
-from lmcourse.models import GPT, GPTConfig
+from lmcourse.models.gpt import GPT, GPTConfig
 from lmcourse.ngram import EOS, NGramLM
 from lmcourse.rnn import LSTMLM, evaluate_stream
 from lmcourse.runtime import get_device
-from lmcourse.tokenizers import WordTokenizer
+from lmcourse.tokenizers.word import WordTokenizer
 from lmcourse.train import TrainConfig, sample_windows, train
 
 __all__ = ["Rung", "NGRAM_ORDER", "NGRAM_DISCOUNT", "LADDER", "ngram_rung", "zoo_rung",

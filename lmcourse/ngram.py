@@ -45,6 +45,7 @@ from itertools import accumulate, chain, islice
 
 import torch
 
+from lmcourse.core import check_positive_int
 from lmcourse.metrics import perplexity as _perplexity
 
 __all__ = ["NGramLM", "BOS", "EOS", "UNK", "SMOOTHINGS"]
@@ -65,8 +66,7 @@ class NGramLM:
 
     def __init__(self, n: int, smoothing: str = "mle", k: float = 1.0, discount: float = 0.75,
                  lambdas: Sequence[float] | None = None, min_count: int = 1) -> None:
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be an integer >= 1 (1 = unigram, 2 = bigram, ...), got {n!r}")
+        check_positive_int(n, "n", " (1 = unigram, 2 = bigram, ...)")
         if smoothing not in SMOOTHINGS:
             raise ValueError(f"unknown smoothing {smoothing!r}: choose one of {', '.join(SMOOTHINGS)}")
         if smoothing == "add-k" and not k > 0:
@@ -81,8 +81,7 @@ class NGramLM:
                                             or abs(math.fsum(lambdas) - 1) > 1e-9):
             raise ValueError(f"lambdas must be n = {n} positive weights (orders 1..{n}) that sum to 1, "
                              f"got {list(lambdas)}")
-        if isinstance(min_count, bool) or not isinstance(min_count, int) or min_count < 1:
-            raise ValueError(f"min_count must be an integer >= 1, got {min_count!r}")
+        check_positive_int(min_count, "min_count")
         self.n, self.smoothing, self.min_count = n, smoothing, min_count
         self.k = float(k)
         self.discount = float(discount)

@@ -21,8 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from lmcourse.core import check_id_stream, check_ids, check_positive_int
 from lmcourse.sampling import check_max_new_tokens, check_sampling_args, sample_next
-from lmcourse.tokenizers import check_id_stream, check_ids, check_positive_int
 
 __all__ = ["RNNCell", "LSTMCell", "GRUCell", "unroll", "Recurrent", "RNNLM", "LSTMLM", "generate", "evaluate_stream"]
 
@@ -37,8 +37,7 @@ class _Cell(nn.Module):
     def __init__(self, input_size: int, hidden_size: int) -> None:
         super().__init__()
         for name, value in [("input_size", input_size), ("hidden_size", hidden_size)]:
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            check_positive_int(value, name)
         self.input_size, self.hidden_size = input_size, hidden_size
         G, H = self.n_gates * hidden_size, hidden_size
         self.weight_ih = nn.Parameter(torch.empty(G, input_size))  # (G*H, I)
@@ -197,8 +196,7 @@ class Recurrent(nn.Module):
 
     def __init__(self, cell: str, input_size: int, hidden_size: int, n_layers: int = 1, dropout: float = 0.0) -> None:
         super().__init__()
-        if not isinstance(n_layers, int) or n_layers < 1:
-            raise ValueError(f"n_layers must be a positive integer, got {n_layers!r}")
+        check_positive_int(n_layers, "n_layers")
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.cell, self.dropout = _cell_type(cell), dropout
@@ -263,10 +261,9 @@ class RNNLM(nn.Module):
                  dropout: float = 0.0, n_embd: int | None = None, forget_bias: float = 0.0, seed: int = 0) -> None:
         super().__init__()
         for name, value in [("vocab_size", vocab_size), ("hidden_size", hidden_size), ("n_layers", n_layers)]:
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if n_embd is not None and (not isinstance(n_embd, int) or n_embd < 1):
-            raise ValueError(f"n_embd must be a positive integer or None (one-hot inputs), got {n_embd!r}")
+            check_positive_int(value, name)
+        if n_embd is not None:
+            check_positive_int(n_embd, "n_embd", " (or None for one-hot inputs)")
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         if forget_bias and _cell_type(cell) != "lstm":

@@ -10,6 +10,8 @@ import sys
 import numpy as np
 import torch
 
+from lmcourse.core import check_positive_int
+
 __all__ = ["get_device", "set_threads", "usable_cores", "seed_everything", "environment_report"]
 
 _DEVICES = ("cuda", "mps", "cpu")
@@ -47,8 +49,7 @@ def set_threads(n: int | None = None) -> int:
     """
     if n is None:
         n = int(os.environ.get("LMCOURSE_THREADS", "0")) or usable_cores()
-    if n < 1:
-        raise ValueError(f"the number of threads must be at least 1, got {n}")
+    check_positive_int(n, "the number of threads")
     torch.set_num_threads(n)
     return n
 

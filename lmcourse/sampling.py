@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lmcourse.tokenizers import is_number
+from lmcourse.core import check_non_negative_int, check_positive_int, is_number
 
 __all__ = ["check_sampling_args", "check_max_new_tokens", "filter_logits", "sample_next", "generate", "Hypothesis",
            "beam_search", "pass_at_k", "distinct_n", "chi_square_test"]
@@ -37,16 +37,15 @@ def check_sampling_args(temperature: float = 1.0, top_k: int | None = None, top_
     if not greedy and not (is_number(temperature) and temperature > 0 and math.isfinite(temperature)):
         raise ValueError(f"temperature must be > 0 and finite, got {temperature!r}; for the limit T -> 0 "
                          "(always the most probable token) use greedy=True")
-    if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
-        raise ValueError(f"top_k must be a positive integer (or None to keep every token), got {top_k!r}")
+    if top_k is not None:
+        check_positive_int(top_k, "top_k", " (or None to keep every token)")
     if top_p is not None and (not is_number(top_p) or not 0 < top_p <= 1):
         raise ValueError(f"top_p must be in (0, 1] (or None to keep every token), got {top_p!r}")
 
 
 def check_max_new_tokens(max_new_tokens: int) -> None:
     """Raise a ValueError unless ``max_new_tokens`` is an integer >= 0 (not a bool, not a float such as 2.0)."""
-    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
+    check_non_negative_int(max_new_tokens, "max_new_tokens")
 
 
 def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
@@ -215,8 +214,7 @@ def beam_search(model: nn.Module, idx: torch.Tensor, beam_width: int, max_new_to
     _check_prompt(idx, max_new_tokens)
     if idx.shape[0] != 1:
         raise ValueError(f"beam_search decodes one prompt (1, T) at a time, got {idx.shape[0]} rows; loop over them")
-    if not isinstance(beam_width, int) or beam_width < 1:
-        raise ValueError(f"beam_width must be a positive integer, got {beam_width!r}")
+    check_positive_int(beam_width, "beam_width")
     if max_new_tokens < 1:
         raise ValueError("max_new_tokens must be at least 1 for beam search")
     was_training = model.training
@@ -249,10 +247,10 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     pass@k = 1 - C(n - c, k) / C(n, k): the probability that k samples drawn without replacement from the n
     include a correct one. The ratio is computed as prod_{i = n-c+1}^{n} (1 - k / i), with no huge binomials.
     """
-    for name, value in [("n", n), ("c", c), ("k", k)]:
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise ValueError(f"{name} must be an integer, got {value!r}")
-    if n < 1 or not 0 <= c <= n:
+    check_positive_int(n, "n", " (the number of samples)")
+    check_non_negative_int(c, "c", " (the number of correct samples)")
+    check_positive_int(k, "k")
+    if not c <= n:
         raise ValueError(f"need n >= 1 samples and 0 <= c <= n correct ones, got n={n}, c={c}")
     if not 1 <= k <= n:
         raise ValueError(f"k must be between 1 and the number of samples n={n}, got k={k}; draw more samples")
@@ -266,8 +264,7 @@ def distinct_n(sequences: Sequence[Sequence], n: int) -> float:
 
     1 means no n-gram repeats anywhere; repetitive or mutually similar samples score low.
     """
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
+    check_positive_int(n, "n")
     grams = [tuple(s[i:i + n]) for s in sequences for i in range(len(s) - n + 1)]
     if not grams:
         raise ValueError(f"the sequences contain no {n}-gram; pass longer sequences or a smaller n")

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from tqdm.auto import tqdm
 
-from lmcourse.tokenizers import check_ids
+from lmcourse.core import check_ids, check_positive_int
 from lmcourse.train import TrainConfig, lr_at
 
 __all__ = ["PAD", "BOS", "EOS", "N_SPECIAL", "SYMBOLS", "ReverseBatch", "reverse_batch", "to_string",
@@ -49,8 +49,7 @@ class ReverseBatch(NamedTuple):
 def reverse_batch(batch_size: int, min_len: int, max_len: int, n_symbols: int = 10,
                   generator: torch.Generator | None = None) -> ReverseBatch:
     """``batch_size`` random sequences with lengths uniform in [min_len, max_len], padded to S = max_len."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    check_positive_int(batch_size, "batch_size")
     if not 1 <= min_len <= max_len:
         raise ValueError(f"need 1 <= min_len <= max_len, got min_len={min_len}, max_len={max_len}")
     if not 1 <= n_symbols <= len(SYMBOLS):
@@ -84,8 +83,7 @@ class AdditiveAttention(nn.Module):
     def __init__(self, query_size: int, key_size: int, attn_size: int) -> None:
         super().__init__()
         for name, value in [("query_size", query_size), ("key_size", key_size), ("attn_size", attn_size)]:
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            check_positive_int(value, name)
         self.W = nn.Linear(query_size, attn_size, bias=False)
         self.U = nn.Linear(key_size, attn_size)
         self.v = nn.Linear(attn_size, 1, bias=False)
@@ -125,8 +123,7 @@ class Seq2Seq(nn.Module):
                  seed: int = 0) -> None:
         super().__init__()
         for name, value in [("vocab_size", vocab_size), ("n_embd", n_embd), ("hidden_size", hidden_size)]:
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            check_positive_int(value, name)
         if hidden_size % 2:
             raise ValueError(f"hidden_size must be even (half for each direction of the encoder), got {hidden_size}")
         if vocab_size <= N_SPECIAL:
@@ -195,8 +192,7 @@ class Seq2Seq(nn.Module):
                       max_len: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Feed back the argmax for max_len steps -> tokens (B, max_len) (PAD after the first EOS) and the
         attention weights (B, max_len, S) (None for the bottleneck model)."""
-        if max_len < 1:
-            raise ValueError(f"max_len must be at least 1, got {max_len}")
+        check_positive_int(max_len, "max_len")
         h, s, mask = self.encode(src, lengths)
         y = torch.full((src.shape[0],), BOS, dtype=torch.long, device=src.device)
         tokens, weights = [], []

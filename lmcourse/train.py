@@ -28,8 +28,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from lmcourse.efficiency import peak_flops
-from lmcourse.tokenizers import check_id_stream, check_positive_int
+from lmcourse.core import check_id_stream, check_positive_int, is_number
 
 __all__ = ["TrainConfig", "History", "sample_windows", "lr_at", "evaluate", "train", "save_checkpoint",
            "save_atomic", "load_checkpoint"]
@@ -46,7 +45,8 @@ class TrainConfig:
     larger). ``amp`` = "bf16" or "fp16" runs the forward pass under autocast in that precision (fp16 with a
     ``torch.amp.GradScaler``); ``compile`` wraps the model in ``torch.compile``; ``fused`` picks the fused AdamW
     kernel (default: on CUDA). With ``flops_per_token`` (e.g. ``lmcourse.efficiency.gpt_flops_per_token``) and
-    ``peak_flops`` (FLOP/s; looked up for known GPUs when None), the history records the MFU of each step.
+    ``peak_flops`` (FLOP/s, e.g. ``lmcourse.efficiency.peak_flops(device, "bf16")``), the history records the MFU
+    of each step.
     ``checkpoint_interval`` also writes the checkpoint every that many steps (to resume after a crash).
     """
 
@@ -70,7 +70,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_positive_int(self.max_steps, "max_steps")
-        if not (isinstance(self.lr, int | float) and 0 < self.lr < math.inf) \
+        if not (is_number(self.lr) and 0 < self.lr < math.inf) \
                 or (self.min_lr is not None and not 0 <= self.min_lr <= self.lr):
             raise ValueError(f"need lr > 0 and 0 <= min_lr <= lr, got lr={self.lr}, min_lr={self.min_lr}")
         if not 0 <= self.warmup_steps <= self.max_steps:
@@ -81,8 +81,10 @@ class TrainConfig:
             check_positive_int(getattr(self, name), name)
         if self.amp not in (None, "bf16", "fp16"):
             raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {self.amp!r}")
-        if self.checkpoint_interval is not None and self.checkpoint_interval < 1:
-            raise ValueError(f"checkpoint_interval must be positive or None, got {self.checkpoint_interval}")
+        if self.checkpoint_interval is not None:
+            check_positive_int(self.checkpoint_interval, "checkpoint_interval", " (or None)")
+        if self.peak_flops is not None and not (is_number(self.peak_flops) and self.peak_flops > 0):
+            raise ValueError(f"peak_flops must be positive FLOP/s (or None), got {self.peak_flops!r}")
 
 
 @dataclass
@@ -194,21 +196,6 @@ def _optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, **({"fused": True} if fused else {}))
 
 
-def _peak(cfg: TrainConfig, device: torch.device) -> float | None:
-    """The peak FLOP/s for MFU: the configured one, or the table's for a known GPU, or None.
-
-    Without AMP the products run in float32, on TF32 tensor cores only where torch allows them
-    (``torch.backends.cuda.matmul.allow_tf32``, set by ``torch.set_float32_matmul_precision("high")``).
-    """
-    if cfg.flops_per_token is None:
-        return None
-    float32 = "tf32" if torch.backends.cuda.matmul.allow_tf32 else "fp32"
-    try:
-        return peak_flops(device, cfg.amp or float32, cfg.peak_flops)
-    except ValueError:
-        return None
-
-
 def train(model: torch.nn.Module, train_batches: BatchFn, cfg: TrainConfig, val_batches: BatchFn | None = None,
           device: torch.device | str = "cpu", checkpoint: str | os.PathLike | None = None, progress: bool = True,
           resume: str | os.PathLike | None = None) -> History:
@@ -245,7 +232,7 @@ def train(model: torch.nn.Module, train_batches: BatchFn, cfg: TrainConfig, val_
         torch.set_rng_state(state["rng"]["torch"])
         if torch.cuda.is_available() and state["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-    peak = _peak(cfg, device)
+    peak = cfg.peak_flops if cfg.flops_per_token is not None else None
 
     def save(step: int) -> None:
         rng = {"torch": torch.get_rng_state(), "batches": gen.get_state(),

@@ -25,9 +25,10 @@ from pathlib import Path
 
 import torch
 
+from lmcourse.core import check_id_stream, check_positive_int
 from lmcourse.data import cache_dir, load_text
 from lmcourse.runtime import get_device
-from lmcourse.tokenizers import CharTokenizer, check_id_stream, check_positive_int
+from lmcourse.tokenizers.char import CharTokenizer
 from lmcourse.train import Batch, History, TrainConfig, sample_windows, save_checkpoint, train
 
 try:
@@ -81,13 +82,13 @@ class Pretrained:
 
 
 def _gpt(config: dict) -> torch.nn.Module:
-    from lmcourse.models import GPT, GPTConfig  # imported here: the zoo must not import every model up front
+    from lmcourse.models.gpt import GPT, GPTConfig  # imported here: the zoo must not import every model up front
 
     return GPT(GPTConfig(**config))
 
 
 def _mlp(config: dict) -> torch.nn.Module:
-    from lmcourse.models import MLPLM
+    from lmcourse.models.mlp import MLPLM
 
     return MLPLM(**config)
 
@@ -122,7 +123,7 @@ def context_windows(ids: torch.Tensor, block_size: int, batch_size: int,
 def evaluate_windows(model: torch.nn.Module, ids: torch.Tensor, block_size: int, batch_size: int = 8192,
                      device: torch.device | str = "cpu") -> float:
     """Mean loss (nats/token) of a fixed-window model over ids[block_size:] (1-D), each from the block_size before."""
-    from lmcourse.models import make_windows
+    from lmcourse.models.mlp import make_windows
 
     x, y = make_windows(ids, block_size)  # (N, block_size), (N,)
     return _mean_loss(model, x, y, batch_size, device)

@@ -369,9 +369,9 @@ def test_zero_grad_and_parameters():
     (lambda: cross_entropy([Value(1.0), Value(2.0)], -1), ValueError, "outside"),
     (lambda: cross_entropy([Value(1.0)], 0.0), TypeError, "int class index"),
     (lambda: Linear(3, 2)([1.0, 2.0]), ValueError, "takes 3 inputs"),
-    (lambda: Neuron(0), ValueError, "n_in >= 1"),
+    (lambda: Neuron(0), ValueError, "n_in must be a positive integer"),
     (lambda: Neuron(2, activation="sigmoid"), ValueError, "unknown activation"),
-    (lambda: Linear(2, 0), ValueError, "n_out >= 1"),
+    (lambda: Linear(2, 0), ValueError, "n_out must be a positive integer"),
     (lambda: MLP(2, []), ValueError, "at least one layer"),
 ])
 def test_bad_input_gives_a_clear_error(make, error, message):

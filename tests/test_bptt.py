@@ -257,7 +257,7 @@ def test_bad_input_gets_a_clear_error():
         bptt.clip_grad_norm(bptt.backward(params, bptt.forward(params, ids, targets)[1]), 0.0)
     with pytest.raises(ValueError, match="optimizer must be 'adam' or 'sgd'"):
         bptt.train(params, ids, 4, 1, optimizer="rmsprop")
-    with pytest.raises(ValueError, match="need temperature > 0"):
+    with pytest.raises(ValueError, match="temperature must be > 0"):
         bptt.sample(params, [1], 5, temperature=0)
     with pytest.raises(ValueError, match="prompt has sequence length 0"):
         bptt.sample(params, [], 5)

@@ -46,7 +46,7 @@ def test_shard_splits_the_global_batch_and_rejects_uneven_sizes():
 
 @pytest.mark.parametrize("rank, world_size, rows_y, message", [
     (4, 4, 8, r"rank must be an integer in 0..world_size-1 = 0..3, got 4"),
-    (-1, 4, 8, "rank must be an integer in 0..world_size-1"),
+    (-1, 4, 8, "rank must be a non-negative integer, got -1"),
     (0, 0, 8, "world_size must be a positive integer, got 0"),
     (0, 2, 6, "x and y must have the same number of rows, got 8 and 6"),
 ])

@@ -165,9 +165,9 @@ def test_other_bad_inputs_are_clear_errors():
         make_windows([1, 2, 3], 0)
     with pytest.raises(ValueError, match="1-D"):
         make_windows([[1, 2], [3, 4]], 1)
-    with pytest.raises(ValueError, match="pad_id must be an integer"):
+    with pytest.raises(ValueError, match="pad_id must be a non-negative integer"):
         make_windows([1, 2], 1, pad_id="<s>")
-    with pytest.raises(ValueError, match="reset_id must be an integer"):
+    with pytest.raises(ValueError, match="reset_id must be a non-negative integer"):
         make_windows([1, 2], 1, reset_id=0.5)
     with pytest.raises(ValueError, match="at least context_size"):
         small_model().generate(torch.zeros(1, K - 1, dtype=torch.long), 5)

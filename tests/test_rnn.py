@@ -216,7 +216,7 @@ def test_bad_constructor_arguments_raise_clear_errors():
         RNNLM(5, 4, n_layers=0)
     with pytest.raises(ValueError, match="dropout must be in"):
         LSTMLM(5, 4, dropout=1.0)
-    with pytest.raises(ValueError, match="n_embd must be a positive integer or None"):
+    with pytest.raises(ValueError, match=r"n_embd must be a positive integer \(or None"):
         LSTMLM(5, 4, n_embd=0)
 
 

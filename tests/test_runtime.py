@@ -41,7 +41,7 @@ def test_set_threads(monkeypatch):
         monkeypatch.delenv("LMCOURSE_THREADS")
         assert set_threads(1) == 1 and torch.get_num_threads() == 1
         assert set_threads() >= 1
-        with pytest.raises(ValueError, match="at least 1"):
+        with pytest.raises(ValueError, match="must be a positive integer"):
             set_threads(0)
     finally:
         torch.set_num_threads(before)

@@ -326,7 +326,7 @@ def test_bad_arguments_raise_clear_errors():
     with pytest.raises(ValueError, match="beam_width"):
         beam_search(model, idx, 0, 3)
     for args, message in [((5, 2, 6), "k must be between 1"), ((5, 6, 1), "0 <= c <= n"), ((5, 2, 0), "k must"),
-                          ((0, 0, 1), "n >= 1"), ((5.0, 2, 1), "n must be an integer")]:
+                          ((0, 0, 1), "n must be a positive integer"), ((5.0, 2, 1), "n must be a positive integer")]:
         with pytest.raises(ValueError, match=message):
             pass_at_k(*args)
     with pytest.raises(ValueError, match="no 3-gram"):

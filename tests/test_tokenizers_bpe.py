@@ -167,7 +167,7 @@ def test_save_load_round_trip_and_bad_files(tmp_path, trained, gpt2):
 
 
 def test_bad_input_is_explained(tmp_path):
-    with pytest.raises(ValueError, match=r"vocab_size must be an integer >= 256 \+ 1"):
+    with pytest.raises(ValueError, match=r"vocab_size must be an integer >= 257 \(256 bytes \+ 1 special"):
         BPETokenizer(special_tokens=[EOT]).train("some text", 256)
     with pytest.raises(ValueError, match="empty text"):
         BPETokenizer().train("", 300)

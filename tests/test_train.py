@@ -114,7 +114,7 @@ def tiny_gpt(seed: int = 0, dropout: float = 0.1):
 @pytest.mark.parametrize("kwargs, message", [
     ({"max_steps": 5, "grad_accum_steps": 0}, "grad_accum_steps must be a positive integer"),
     ({"max_steps": 5, "amp": "fp8"}, "amp must be None, 'bf16' or 'fp16'"),
-    ({"max_steps": 5, "checkpoint_interval": 0}, "checkpoint_interval must be positive"),
+    ({"max_steps": 5, "checkpoint_interval": 0}, "checkpoint_interval must be a positive integer"),
 ])
 def test_bad_new_config_is_rejected(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -1,7 +1,17 @@
-"""Neural language models, one module per chapter: the MLP LM (chapter 3), then recurrent and Transformer models."""
+"""Neural language models, one module per chapter: the MLP LM (chapter 3), then the GPT and its variants (chapter 7).
 
-from lmcourse.models.encdec import EncoderDecoder
-from lmcourse.models.gpt import GPT, GPTConfig
-from lmcourse.models.mlp import MLPLM, make_windows
+Nothing is imported until it is used: ``from lmcourse.models import MLPLM`` loads chapter 3's module only.
+"""
 
-__all__ = ["EncoderDecoder", "GPT", "GPTConfig", "MLPLM", "make_windows"]
+from lmcourse.core import lazy_exports
+
+_EXPORTS = {
+    "MLPLM": "lmcourse.models.mlp",
+    "make_windows": "lmcourse.models.mlp",
+    "GPT": "lmcourse.models.gpt",
+    "GPTConfig": "lmcourse.models.gpt",
+    "EncoderDecoder": "lmcourse.models.encdec",
+}
+__all__ = list(_EXPORTS)
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

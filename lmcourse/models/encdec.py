@@ -16,9 +16,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from lmcourse.core import check_ids, check_positive_int
 from lmcourse.models.gpt import GPTConfig, check_targets
 from lmcourse.models.layers import Block, RotaryEmbedding, init_weights, make_norm, sinusoidal_positions
-from lmcourse.tokenizers import check_ids
 
 __all__ = ["EncoderDecoder"]
 
@@ -36,8 +36,7 @@ class EncoderDecoder(nn.Module):
         if not config.causal:
             raise ValueError("the decoder of an EncoderDecoder must be causal: use a config with causal=True")
         n_enc_layer = config.n_layer if n_enc_layer is None else n_enc_layer
-        if not isinstance(n_enc_layer, int) or n_enc_layer < 1:
-            raise ValueError(f"n_enc_layer must be a positive integer, got {n_enc_layer!r}")
+        check_positive_int(n_enc_layer, "n_enc_layer")
         self.config, C = config, config.n_embd
         self.wte = nn.Embedding(config.vocab_size, C)  # shared by source, target and head
         self.wpe = nn.Embedding(config.block_size, C) if config.pos == "learned" else None

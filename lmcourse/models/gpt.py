@@ -20,9 +20,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lmcourse.attention import KVCache
+from lmcourse.core import check_ids, check_positive_int, is_number
 from lmcourse.models.layers import Block, RotaryEmbedding, init_weights, make_norm, sinusoidal_positions
 from lmcourse.sampling import check_max_new_tokens, check_sampling_args, sample_next
-from lmcourse.tokenizers import check_ids, check_positive_int, is_number
 
 __all__ = ["GPTConfig", "GPT"]
 

@@ -19,8 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from lmcourse.core import check_ids, check_non_negative_int, check_positive_int
 from lmcourse.sampling import check_max_new_tokens, check_sampling_args, sample_next
-from lmcourse.tokenizers import check_ids, check_positive_int
 
 __all__ = ["MLPLM", "make_windows"]
 
@@ -149,8 +149,8 @@ def make_windows(ids: Sequence[int] | torch.Tensor, context_size: int, pad_id: i
     """
     check_positive_int(context_size, "context_size")
     for name, value in [("pad_id", pad_id), ("reset_id", reset_id)]:
-        if value is not None and not isinstance(value, int):
-            raise ValueError(f"{name} must be an integer token id or None, got {value!r}")
+        if value is not None:
+            check_non_negative_int(value, name, " (a token id) or None")
     ids = torch.as_tensor(ids)
     if ids.numel() and (ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool):
         raise ValueError(f"ids must be integer token ids, got {ids.dtype}; a float id would be silently rounded down")

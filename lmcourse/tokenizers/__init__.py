@@ -1,15 +1,21 @@
 """Tokenizers: text <-> lists of integer ids.
 
 Every tokenizer has the same interface: ``train(text, vocab_size)``, ``encode(text) -> list[int]``,
-``decode(ids) -> str``, ``save(path)`` and ``load(path)``.
+``decode(ids) -> str``, ``save(path)`` and ``load(path)``. The character tokenizer is chapter 0's; the word,
+byte-level BPE, WordPiece and Unigram tokenizers are chapter 8's. Nothing is imported until it is used:
+``from lmcourse.tokenizers import CharTokenizer`` loads the character tokenizer only.
 """
 
-from lmcourse.tokenizers._checks import check_id_stream, check_ids, check_positive_int, is_number
-from lmcourse.tokenizers.bpe import GPT2_PATTERN, BPETokenizer
-from lmcourse.tokenizers.char import CharTokenizer
-from lmcourse.tokenizers.unigram import UnigramTokenizer
-from lmcourse.tokenizers.word import WordTokenizer
-from lmcourse.tokenizers.wordpiece import WordPieceTokenizer
+from lmcourse.core import lazy_exports
 
-__all__ = ["CharTokenizer", "WordTokenizer", "BPETokenizer", "WordPieceTokenizer", "UnigramTokenizer",
-           "GPT2_PATTERN", "check_ids", "check_id_stream", "check_positive_int", "is_number"]
+_EXPORTS = {
+    "CharTokenizer": "lmcourse.tokenizers.char",
+    "WordTokenizer": "lmcourse.tokenizers.word",
+    "BPETokenizer": "lmcourse.tokenizers.bpe",
+    "GPT2_PATTERN": "lmcourse.tokenizers.bpe",
+    "WordPieceTokenizer": "lmcourse.tokenizers.wordpiece",
+    "UnigramTokenizer": "lmcourse.tokenizers.unigram",
+}
+__all__ = list(_EXPORTS)
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import regex
 
-from lmcourse.tokenizers._checks import decode_ids
+from lmcourse.core import check_int_at_least, decode_ids
 from lmcourse.tokenizers._io import load_state, save_state
 from lmcourse.tokenizers.bpe_train import bytes_to_unicode, train_fast, train_naive
 
@@ -80,9 +80,8 @@ class BPETokenizer:
         out before counting. Stops early, with a smaller vocabulary, when no pair is left to merge.
         """
         specials = sorted(self.special_tokens, key=self.special_tokens.get)
-        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 256 + len(specials):
-            raise ValueError(f"vocab_size must be an integer >= 256 + {len(specials)} (the bytes and the special "
-                             f"tokens), got {vocab_size!r}")
+        check_int_at_least(vocab_size, 256 + len(specials), "vocab_size",
+                           f" (256 bytes + {len(specials)} special tokens)")
         if trainer not in ("fast", "naive"):
             raise ValueError(f"unknown trainer {trainer!r}: choose 'fast' or 'naive'")
         if not text:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 
-from lmcourse.tokenizers._checks import decode_ids
+from lmcourse.core import decode_ids
 from lmcourse.tokenizers._io import load_state, save_state
 
 __all__ = ["CharTokenizer"]

@@ -27,7 +27,7 @@ from collections.abc import Iterable
 
 import regex
 
-from lmcourse.tokenizers._checks import check_positive_int, decode_ids, is_number
+from lmcourse.core import check_int_at_least, check_positive_int, decode_ids, is_number
 from lmcourse.tokenizers._io import load_state, save_state
 from lmcourse.tokenizers.bpe import GPT2_PATTERN
 
@@ -116,9 +116,8 @@ class UnigramTokenizer:
         chars = sorted({ch for w in word_counts for ch in w})
         if not chars:
             raise ValueError("cannot train a UnigramTokenizer on an empty text")
-        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < len(chars) + 1:
-            raise ValueError(f"vocab_size must be an integer >= {len(chars) + 1} (<unk> and the {len(chars)} "
-                             f"characters of the text), got {vocab_size!r}")
+        check_int_at_least(vocab_size, len(chars) + 1, "vocab_size",
+                           f" (<unk> and the {len(chars)} characters of the text)")
         if not (is_number(shrink) and 0 < shrink < 1):
             raise ValueError(f"shrink must be in (0, 1), the share of pieces each round keeps, got {shrink!r}")
         check_positive_int(seed_factor, "seed_factor")

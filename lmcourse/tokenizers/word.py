@@ -8,7 +8,7 @@ from collections.abc import Iterable
 
 import regex
 
-from lmcourse.tokenizers._checks import decode_ids
+from lmcourse.core import check_int_at_least, decode_ids
 from lmcourse.tokenizers._io import load_state, save_state
 
 __all__ = ["WordTokenizer", "WORD_PATTERN", "UNK"]
@@ -42,9 +42,8 @@ class WordTokenizer:
 
     def train(self, text: str, vocab_size: int | None = None, min_count: int = 1) -> WordTokenizer:
         """Keep the ``vocab_size`` - 1 most frequent words seen at least ``min_count`` times (all if None)."""
-        if vocab_size is not None and (isinstance(vocab_size, bool) or not isinstance(vocab_size, int)
-                                       or vocab_size < 2):
-            raise ValueError(f"vocab_size must be an integer >= 2 (<unk> and one word) or None, got {vocab_size!r}")
+        if vocab_size is not None:
+            check_int_at_least(vocab_size, 2, "vocab_size", " (<unk> and one word) or None")
         counts = Counter(self.words(text))
         if not counts:
             raise ValueError("cannot train a WordTokenizer on a text without words")

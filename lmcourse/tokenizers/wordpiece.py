@@ -18,7 +18,7 @@ from collections.abc import Iterable
 
 import regex
 
-from lmcourse.tokenizers._checks import decode_ids
+from lmcourse.core import check_int_at_least, decode_ids
 from lmcourse.tokenizers._io import load_state, save_state
 from lmcourse.tokenizers.bpe_train import PairIndex
 
@@ -58,9 +58,8 @@ class WordPieceTokenizer:
         if not word_counts:
             raise ValueError("cannot train a WordPieceTokenizer on a text without words")
         alphabet = sorted({w[0] for w in word_counts} | {self.prefix + c for w in word_counts for c in w[1:]})
-        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < len(alphabet) + 1:
-            raise ValueError(f"vocab_size must be an integer >= {len(alphabet) + 1} ([UNK] and the {len(alphabet)} "
-                             f"characters of the text, with and without {self.prefix}), got {vocab_size!r}")
+        check_int_at_least(vocab_size, len(alphabet) + 1, "vocab_size", f" ([UNK] and the {len(alphabet)} "
+                           f"characters of the text, with and without {self.prefix})")
         itos = [self.unk_token, *alphabet]
         stoi = {p: i for i, p in enumerate(itos)}
         words = [[stoi[w[0]], *(stoi[self.prefix + c] for c in w[1:])] for w in word_counts]
