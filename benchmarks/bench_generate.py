@@ -32,6 +32,7 @@ from transformers.utils import logging as hf_logging
 
 from lmcourse.models import GPT
 from lmcourse.runtime import set_threads
+from lmcourse.sampling import generate
 
 SHAPES = {  # n_layer, n_head, n_embd, vocab_size, block_size
     "quick": dict(n_layer=2, n_head=4, n_embd=64, vocab_size=256, block_size=64),
@@ -65,9 +66,9 @@ def contenders(hf: GPT2LMHeadModel, ours: GPT, N: int, device: torch.device, pee
     generates a whole context of N tokens from a 1-token prompt and returns the (1, N) ids."""
     prompt = torch.zeros(1, 1, dtype=torch.long, device=device)
     new = N - 1
-    runs = {"cached": lambda: ours.generate(prompt, new, greedy=True, use_cache=True)}
+    runs = {"cached": lambda: generate(ours, prompt, new, greedy=True, use_cache=True)}
     if peer in ("uncached", "both"):
-        runs["uncached"] = lambda: ours.generate(prompt, new, greedy=True, use_cache=False)
+        runs["uncached"] = lambda: generate(ours, prompt, new, greedy=True, use_cache=False)
     if peer in ("hf", "both"):
         runs["hf"] = lambda: hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new,
                                          do_sample=False, use_cache=True)  # no end token: always max_new_tokens

@@ -25,6 +25,7 @@ import torch
 from lmcourse.efficiency import gpt_flops_per_token
 from lmcourse.models import GPT, GPTConfig
 from lmcourse.runtime import get_device, set_threads
+from lmcourse.sampling import generate
 from lmcourse.train import TrainConfig, sample_windows, train
 
 CONFIG = GPTConfig(vocab_size=32, block_size=32, n_layer=2, n_head=2, n_embd=64)
@@ -85,8 +86,8 @@ def check_generation(device: torch.device) -> str:
     model.eval()
     prompt = torch.tensor([[1, 8, 15]], device=device)
     for kwargs in ({"greedy": True}, {"top_k": 5}):
-        runs = [model.generate(prompt, 40, use_cache=cache, generator=torch.Generator(device).manual_seed(0),
-                               **kwargs) for cache in (True, False)]
+        runs = [generate(model, prompt, 40, use_cache=cache, generator=torch.Generator(device).manual_seed(0),
+                         **kwargs) for cache in (True, False)]
         assert torch.equal(*runs), f"cached and uncached generation differ with {kwargs}"
     return "cached == uncached, greedy and top-k"
 

@@ -33,8 +33,8 @@ has one, and *Met* says whether this run reaches it. *Threads* is the CPU thread
   `GPT.from_hf`, equal losses checked) on the same batch: chapter 7's character model and a small GPT-2
   (and GPT-2 small on a GPU, when there is one). The median of alternating steps.
 - **Generation** (chapter 10): greedy generation of a whole context from a 1-token prompt, batch 1,
-  chapter 7's model shape with random weights shared with a Hugging Face GPT-2: our `GPT.generate` with its
-  KV cache against Hugging Face's `generate` (cached too). The median of alternating runs.
+  chapter 7's model shape with random weights shared with a Hugging Face GPT-2: `lmcourse.sampling.generate`
+  with our KV cache against Hugging Face's `generate` (cached too). The median of alternating runs.
 - **KV cache** (chapter 10): the same generation with and without our KV cache (identical tokens,
   checked); the ratio is the cache's speed-up, which grows with the context.
 - **Char-GPT recipe** (chapter 7): the course's training recipe against nanoGPT's CPU recipe, with the same

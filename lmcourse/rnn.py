@@ -22,9 +22,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lmcourse.core import check_id_stream, check_ids, check_positive_int
-from lmcourse.sampling import check_max_new_tokens, check_sampling_args, sample_next
 
-__all__ = ["RNNCell", "LSTMCell", "GRUCell", "unroll", "Recurrent", "RNNLM", "LSTMLM", "generate", "evaluate_stream"]
+__all__ = ["RNNCell", "LSTMCell", "GRUCell", "unroll", "Recurrent", "RecurrentCache", "RNNLM", "LSTMLM",
+           "evaluate_stream"]
 
 State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
@@ -236,6 +236,17 @@ def _from_torch_names(module: nn.Module, state_dict: dict, prefix: str, *args) -
         state_dict[f"{prefix}layers.{layer}.{name}"] = state_dict.pop(key)
 
 
+class RecurrentCache:
+    """The hidden state a recurrent language model carries from one call to the next (None: not started).
+
+    It plays the part of a Transformer's KV cache (chapter 10): what the model has read so far, so that the next
+    token costs one step of the recurrence, whatever the length of the text before it.
+    """
+
+    def __init__(self) -> None:
+        self.state: State | None = None
+
+
 class RNNLM(nn.Module):
     """Recurrent language model: token w_t -> input x_t -> L recurrent layers -> logits for w_{t+1}.
 
@@ -301,16 +312,26 @@ class RNNLM(nn.Module):
         out, state = self.rnn(x, state)  # (B, T, H)
         return self.head(self.drop(out)), state
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, state: State | None = None
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: RecurrentCache | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits (B, T, |V|) and, with targets (B, T), the mean cross-entropy in nats (else None)."""
-        logits, _ = self.forward_with_state(idx, state)
+        """``(logits, loss)``: logits (B, T, |V|) and, with targets (B, T), the mean cross-entropy in nats (else None).
+
+        With a ``cache`` (from :meth:`new_cache`) the model starts from the state it holds and leaves the final
+        state in it, so that the next call continues the sequence (as ``lmcourse.sampling.generate`` does).
+        """
+        logits, state = self.forward_with_state(idx, None if cache is None else cache.state)
+        if cache is not None:
+            cache.state = state
         if targets is None:
             return logits, None
         self._check_ids(targets, "targets")
         if targets.shape != idx.shape:
             raise ValueError(f"targets must have the shape of idx {tuple(idx.shape)}, got {tuple(targets.shape)}")
         return logits, F.cross_entropy(logits.flatten(0, 1), targets.flatten().long())
+
+    def new_cache(self, B: int) -> RecurrentCache:
+        """An empty cache (the zero state) for B sequences: a recurrent network's memory of what it has read."""
+        return RecurrentCache()
 
     def _check_ids(self, ids: torch.Tensor, name: str) -> None:
         check_ids(ids, self.vocab_size, name, 2, "(B, T)", "; use ids[None] for a single sequence")
@@ -322,33 +343,6 @@ class LSTMLM(RNNLM):
     def __init__(self, vocab_size: int, hidden_size: int, n_layers: int = 1, fused: bool = False,
                  dropout: float = 0.0, n_embd: int | None = None, forget_bias: float = 0.0, seed: int = 0) -> None:
         super().__init__(vocab_size, hidden_size, n_layers, "lstm", fused, dropout, n_embd, forget_bias, seed)
-
-
-@torch.no_grad()
-def generate(model: RNNLM, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-             generator: torch.Generator | None = None, top_k: int | None = None,
-             top_p: float | None = None) -> torch.Tensor:
-    """Sample ``max_new_tokens`` tokens after the prompt idx (B, T), carrying the hidden state.
-
-    The prompt is read once; then each sampled token is fed alone, so each step costs O(1) in the
-    length so far. Each token comes from :func:`lmcourse.sampling.sample_next` (temperature, then the
-    optional top-k and top-p filters of chapter 9). Runs in eval mode (no dropout) and restores the model's mode.
-
-    Returns:
-        (B, T + max_new_tokens) ids: the prompt followed by the samples.
-    """
-    check_sampling_args(temperature, top_k, top_p)
-    check_max_new_tokens(max_new_tokens)
-    was_training = model.training
-    model.eval()
-    logits, state = model.forward_with_state(idx)
-    new = []
-    for step in range(max_new_tokens):
-        new.append(sample_next(logits[:, -1], temperature, top_k, top_p, generator=generator))  # (B, 1)
-        if step < max_new_tokens - 1:
-            logits, state = model.forward_with_state(new[-1], state)
-    model.train(was_training)
-    return torch.cat([idx, *new], dim=1)
 
 
 @torch.no_grad()

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from lmcourse.core import check_non_negative_int, check_positive_int, is_number
 
-__all__ = ["check_sampling_args", "check_max_new_tokens", "filter_logits", "sample_next", "generate", "Hypothesis",
+__all__ = ["check_sampling_args", "filter_logits", "sample_next", "generate", "Hypothesis",
            "beam_search", "pass_at_k", "distinct_n", "chi_square_test"]
 
 
@@ -41,11 +41,6 @@ def check_sampling_args(temperature: float = 1.0, top_k: int | None = None, top_
         check_positive_int(top_k, "top_k", " (or None to keep every token)")
     if top_p is not None and (not is_number(top_p) or not 0 < top_p <= 1):
         raise ValueError(f"top_p must be in (0, 1] (or None to keep every token), got {top_p!r}")
-
-
-def check_max_new_tokens(max_new_tokens: int) -> None:
-    """Raise a ValueError unless ``max_new_tokens`` is an integer >= 0 (not a bool, not a float such as 2.0)."""
-    check_non_negative_int(max_new_tokens, "max_new_tokens")
 
 
 def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
@@ -118,17 +113,22 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
     return torch.multinomial(probs, 1, generator=generator)
 
 
-def _next_logits(model: nn.Module, idx: torch.Tensor) -> torch.Tensor:
-    """The model's logits (B, |V|) for the token after idx (B, T), reading at most ``model.block_size`` tokens."""
-    block_size = getattr(model, "block_size", None)
-    context = idx if block_size is None else idx[:, -block_size:]
-    out = model(context)
-    logits = out[0] if isinstance(out, tuple) else out
-    if not isinstance(logits, torch.Tensor) or logits.ndim != 3 or logits.shape[:2] != context.shape:
-        raise ValueError(f"model(idx) must return logits of shape (B, T, |V|) = ({context.shape[0]}, "
-                         f"{context.shape[1]}, |V|), or a tuple whose first element they are; got "
-                         f"{tuple(getattr(logits, 'shape', ())) or type(logits).__name__}")
-    return logits[:, -1, :]
+def _next_logits(model: nn.Module, idx: torch.Tensor, **kwargs: object) -> torch.Tensor:
+    """The logits (B, |V|) of the token after idx (B, T), from the model's ``(logits, loss)`` for idx.
+
+    logits are (B, T, |V|), one row per position (the last is the next token's), or (B, |V|) for a window model
+    such as the MLP LM, which predicts only the token after its window.
+    """
+    out = model(idx, **kwargs)
+    logits = out[0] if isinstance(out, tuple) and len(out) == 2 else None
+    if isinstance(logits, torch.Tensor) and logits.ndim == 3 and logits.shape[:2] == idx.shape:
+        return logits[:, -1, :]
+    if isinstance(logits, torch.Tensor) and logits.ndim == 2 and logits.shape[0] == idx.shape[0]:
+        return logits
+    got = f"logits of shape {tuple(logits.shape)}" if isinstance(logits, torch.Tensor) else (
+        f"a tensor of shape {tuple(out.shape)}, not a pair" if isinstance(out, torch.Tensor) else type(out).__name__)
+    raise ValueError(f"model(idx) must return (logits, loss) with logits of shape (B, T, |V|) = ({idx.shape[0]}, "
+                     f"{idx.shape[1]}, |V|), or (B, |V|) for the token after a window; got {got}")
 
 
 def _check_prompt(idx: torch.Tensor, max_new_tokens: int) -> None:
@@ -138,42 +138,68 @@ def _check_prompt(idx: torch.Tensor, max_new_tokens: int) -> None:
                          "use ids[None] for a single prompt")
     if idx.shape[1] == 0:
         raise ValueError("idx has no tokens (T = 0): start from at least one token, e.g. a newline or <s>")
-    check_max_new_tokens(max_new_tokens)
+    check_non_negative_int(max_new_tokens, "max_new_tokens")
 
 
 @torch.no_grad()
 def generate(model: nn.Module, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None, greedy: bool = False,
-             generator: torch.Generator | None = None, eos_id: int | None = None) -> torch.Tensor:
-    """Append up to ``max_new_tokens`` tokens to each prompt, one :func:`sample_next` at a time.
+             generator: torch.Generator | None = None, eos_id: int | None = None,
+             attention_mask: torch.Tensor | None = None, use_cache: bool = True) -> torch.Tensor:
+    """Append up to ``max_new_tokens`` tokens to each prompt, one :func:`sample_next` at a time: the one
+    decoding loop of the course, for every language model.
 
-    Works with any model whose ``model(idx)`` returns logits (B, T, |V|) or a tuple that starts with them;
-    the whole prefix is re-read at every step, cropped to the last ``model.block_size`` tokens when the
-    model has that attribute. Runs in eval mode (no dropout) without gradients and restores the mode.
+    The model is called as every model of the course is, ``model(idx)`` -> ``(logits, loss)``, reading at most
+    ``model.block_size`` tokens when it has that attribute (the last ones). A model with a ``new_cache(B)``
+    method keeps what it has read in that cache (a Transformer's keys and values, chapter 10; a recurrent
+    network's hidden state, chapter 4): with ``use_cache`` the prompt is read once and each later step feeds only
+    the newest token, ``model(idx[:, -1:], cache=cache)``. Once the sequence outgrows ``block_size`` each step
+    re-reads the last block_size tokens into a fresh cache (a sliding window, as the uncached loop reads), so
+    there the cache saves nothing. Runs in eval mode (no dropout) without gradients and restores the mode.
 
     Args:
         model: the language model.
-        idx: (B, T) prompt ids on the model's device.
+        idx: (B, T) prompt ids on the model's device; rows of different lengths are left-padded.
         max_new_tokens: the length limit.
         temperature, top_k, top_p, greedy, generator: as in :func:`sample_next`.
         eos_id: the end token: a row that produced it is finished and is padded with ``eos_id``;
             generation stops early when every row is finished.
+        attention_mask: optional (B, T) 0/1, 0 at the left padding of idx (passed on to the model).
+        use_cache: use the model's cache when it has one (same tokens, faster).
 
     Returns:
         (B, T + n) ids, the prompt followed by n <= max_new_tokens new tokens.
     """
     check_sampling_args(temperature, top_k, top_p, greedy)
     _check_prompt(idx, max_new_tokens)
+    if attention_mask is not None and (not isinstance(attention_mask, torch.Tensor)
+                                       or attention_mask.shape != idx.shape):
+        raise ValueError(f"attention_mask must be a (B, T) = {tuple(idx.shape)} tensor of 0/1 (0 at padding), got "
+                         f"{tuple(getattr(attention_mask, 'shape', ())) or type(attention_mask).__name__}")
+    T_max, cached = getattr(model, "block_size", None), use_cache and hasattr(model, "new_cache")
+    mask = attention_mask
     was_training = model.training
     model.eval()
     try:
         finished = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
+        cache, n_cached = None, 0  # n_cached: the tokens the cache holds
         for _ in range(max_new_tokens):
-            w = sample_next(_next_logits(model, idx), temperature, top_k, top_p, greedy, generator)  # (B, 1)
+            if cache is not None and (T_max is None or n_cached < T_max):  # feed only the newest token
+                new, kwargs = idx[:, -1:], {"cache": cache}
+            else:  # (re)read the last block_size tokens, into a fresh cache if the model has one
+                new = _crop(model, idx)
+                cache, n_cached = (model.new_cache(idx.shape[0]) if cached else None), 0
+                kwargs = {} if cache is None else {"cache": cache}
+            n_cached += new.shape[1]
+            if mask is not None:
+                kwargs["attention_mask"] = mask[:, -(n_cached if cache is not None else new.shape[1]):]
+            w = sample_next(_next_logits(model, new, **kwargs), temperature, top_k, top_p, greedy, generator)
             if eos_id is not None:
                 w = w.masked_fill(finished[:, None], eos_id)
                 finished |= w[:, 0] == eos_id
-            idx = torch.cat([idx, w], dim=1)
+            idx = torch.cat([idx, w], dim=1)  # (B, T + 1)
+            if mask is not None:
+                mask = torch.cat([mask, torch.ones_like(w, dtype=mask.dtype)], dim=1)
             if finished.all():
                 break
     finally:
@@ -223,7 +249,7 @@ def beam_search(model: nn.Module, idx: torch.Tensor, beam_width: int, max_new_to
         beams, beam_logp = idx, torch.zeros(1, device=idx.device, dtype=torch.float64)  # (A, T + t), (A,)
         finished: list[tuple[torch.Tensor, float, int]] = []
         for t in range(1, max_new_tokens + 1):
-            logp = F.log_softmax(_next_logits(model, beams).double(), dim=-1)  # (A, |V|)
+            logp = F.log_softmax(_next_logits(model, _crop(model, beams)).double(), dim=-1)  # (A, |V|)
             total = (beam_logp[:, None] + logp).flatten()  # (A * |V|,)
             best, flat = torch.topk(total, min(beam_width, int(torch.isfinite(total).sum())))
             rows, tokens = flat // logp.shape[1], flat % logp.shape[1]
@@ -239,6 +265,12 @@ def beam_search(model: nn.Module, idx: torch.Tensor, beam_width: int, max_new_to
     ranked = sorted((Hypothesis(ids, lp / n ** length_penalty, lp) for ids, lp, n in finished),
                     key=lambda h: h.score, reverse=True)
     return ranked[:beam_width]
+
+
+def _crop(model: nn.Module, idx: torch.Tensor) -> torch.Tensor:
+    """The last ``model.block_size`` tokens of idx (B, T), all of them for a model without that attribute."""
+    T_max = getattr(model, "block_size", None)
+    return idx if T_max is None else idx[:, -T_max:]
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:

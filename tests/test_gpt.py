@@ -103,7 +103,7 @@ def test_from_hf_gives_the_same_logits_and_loss(shape):
     x = ids(B=3, T_=shape["n_positions"], vocab=shape["vocab_size"])
     with torch.no_grad():
         expected = hf(x, labels=x)  # HF shifts the labels inside
-        logits = ours(x)
+        logits, _ = ours(x)
         # our targets are already shifted: position t predicts x[t+1]; the last position has none (-1)
         _, loss = ours(x, torch.cat([x[:, 1:], torch.full((3, 1), -1)], dim=1))
     assert (logits - expected.logits).abs().max() < 1e-4
@@ -116,7 +116,7 @@ def test_from_hf_keeps_dtype_and_training_mode():
     ours = GPT.from_hf(hf)
     assert ours.training and next(ours.parameters()).dtype == torch.float64
     x = ids(vocab=50, T_=16)
-    assert (ours.eval()(x) - hf.eval()(x).logits).abs().max() < 1e-12
+    assert (ours.eval()(x)[0] - hf.eval()(x).logits).abs().max() < 1e-12
 
 
 @pytest.mark.parametrize("setting,match", [
@@ -212,7 +212,7 @@ def test_causality(kwargs):
     x2 = x.clone()
     x2[0, t] = (x[0, t] + 1) % V
     with torch.no_grad():
-        changed = (model(x) - model(x2)).abs().amax(-1)[0] > 1e-6  # (T,)
+        changed = (model(x)[0] - model(x2)[0]).abs().amax(-1)[0] > 1e-6  # (T,)
     if kwargs.get("causal", True) is False:
         assert changed.all()
     elif "window" in kwargs:
@@ -282,14 +282,14 @@ def test_encoder_decoder_masks_and_training():
     src, tgt = ids(B=2, seed=7), ids(B=2, seed=8)
     src_mask = torch.arange(T) < torch.tensor([[T], [5]])  # the second source has 3 padding tokens
     with torch.no_grad():
-        base = model(src, tgt, src_mask=src_mask)
+        base, _ = model(src, tgt, src_mask=src_mask)
         tgt2 = tgt.clone()
         tgt2[:, 4] = (tgt[:, 4] + 1) % V
-        changed = (model(src, tgt2, src_mask=src_mask) - base).abs().amax(-1) > 1e-6  # (B, T)
+        changed = (model(src, tgt2, src_mask=src_mask)[0] - base).abs().amax(-1) > 1e-6  # (B, T)
         assert changed.tolist() == [[i >= 4 for i in range(T)]] * 2  # the decoder is causal
         src2 = src.clone()
         src2[:, 6] = (src[:, 6] + 1) % V  # a real token of row 0, a padding token of row 1
-        changed = (model(src2, tgt, src_mask=src_mask) - base).abs().amax(-1) > 1e-6
+        changed = (model(src2, tgt, src_mask=src_mask)[0] - base).abs().amax(-1) > 1e-6
         assert changed[0].all() and not changed[1].any()  # every target position sees the whole (real) source
     with pytest.raises(ValueError, match="src_mask"):
         model(src, tgt, src_mask=src_mask.long())

@@ -9,7 +9,7 @@ from lmcourse.attention import KVCache, MultiHeadAttention, causal_mask
 from lmcourse.models import GPT
 from lmcourse.models.gpt import GPTConfig
 from lmcourse.models.layers import RotaryEmbedding
-from lmcourse.sampling import generate as reference_generate
+from lmcourse.sampling import generate, sample_next
 
 VARIANTS = [
     {},
@@ -46,10 +46,13 @@ def test_cached_generation_gives_exactly_the_uncached_tokens(kwargs, greedy):
     outs = []
     for use_cache in (True, False):  # 5 + 20 tokens: the cache overflows block_size = 16 and is rebuilt
         g = torch.Generator().manual_seed(2)
-        outs.append(model.generate(prompt, 20, temperature=1.5, top_k=20, greedy=greedy, generator=g,
-                                   use_cache=use_cache))
-    g = torch.Generator().manual_seed(2)
-    ref = reference_generate(model, prompt, 20, temperature=1.5, top_k=20, greedy=greedy, generator=g)
+        outs.append(generate(model, prompt, 20, temperature=1.5, top_k=20, greedy=greedy, generator=g,
+                             use_cache=use_cache))
+    g, ref = torch.Generator().manual_seed(2), prompt  # the loop by hand: re-read the last block_size tokens
+    with torch.no_grad():
+        for _ in range(20):
+            logits = model.eval()(ref[:, -16:])[0][:, -1]
+            ref = torch.cat([ref, sample_next(logits, 1.5, 20, greedy=greedy, generator=g)], dim=1)
     assert outs[0].shape == (2, 25)
     assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], ref)
     assert len(outs[0][:, 5:].unique()) >= (2 if greedy else 8)  # not a test passing on a constant sequence
@@ -64,9 +67,9 @@ def test_left_padded_batch_equals_one_prompt_at_a_time(kwargs, use_cache):
     P = max(len(p) for p in prompts)
     idx = torch.stack([torch.cat([torch.full((P - len(p),), 39), p]) for p in prompts])  # pads hold any id
     mask = torch.stack([(torch.arange(P) >= P - len(p)).long() for p in prompts])
-    out = model.generate(idx, 12, greedy=True, attention_mask=mask, use_cache=use_cache)  # 9 + 12 > block_size
+    out = generate(model, idx, 12, greedy=True, attention_mask=mask, use_cache=use_cache)  # 9 + 12 > block_size
     for row, p in zip(out, prompts, strict=True):
-        alone = model.generate(p[None], 12, greedy=True, use_cache=use_cache)[0]
+        alone = generate(model, p[None], 12, greedy=True, use_cache=use_cache)[0]
         assert torch.equal(row[P - len(p):], alone)
 
 
@@ -84,12 +87,12 @@ def test_padding_mask_in_forward_matches_unpadded_logits_and_loss():
 
 def test_cache_holds_keys_and_values_of_n_kv_head_heads_and_positions_are_offset():
     model = tiny_gpt(pos="rope", n_kv_head=2)
-    caches = model.new_caches(2)
+    caches = model.new_cache(2)
     assert caches[0].k.shape == (2, 2, 16, 8)  # (B, n_kv_head, block_size, head_dim)
     x = torch.randint(0, 40, (2, 7), generator=torch.Generator().manual_seed(6))
-    full = model(x)
-    step1 = model(x[:, :4], caches=caches)
-    step2 = model(x[:, 4:], caches=caches)  # positions 4..6, attending to the 4 cached ones
+    full, _ = model(x)
+    step1, _ = model(x[:, :4], cache=caches)
+    step2, _ = model(x[:, 4:], cache=caches)  # positions 4..6, attending to the 4 cached ones
     assert caches[1].length == 7
     assert torch.allclose(torch.cat([step1, step2], dim=1), full, atol=1e-5)
 
@@ -108,19 +111,19 @@ def test_mha_with_cache_equals_full_attention_and_causal_offset():
 
 def test_bad_cache_use_raises_value_error():
     model = tiny_gpt(block_size=8)
-    caches = model.new_caches(1)
-    model(torch.zeros(1, 6, dtype=torch.long), caches=caches)
+    caches = model.new_cache(1)
+    model(torch.zeros(1, 6, dtype=torch.long), cache=caches)
     with pytest.raises(ValueError, match="6 cached \\+ 3 new tokens"):
-        model(torch.zeros(1, 3, dtype=torch.long), caches=caches)
+        model(torch.zeros(1, 3, dtype=torch.long), cache=caches)
     with pytest.raises(ValueError, match="do not fit"):
         caches[0].append(torch.zeros(1, 4, 3, 8), torch.zeros(1, 4, 3, 8))
     with pytest.raises(ValueError, match="one KVCache per layer"):
-        model(torch.zeros(1, 1, dtype=torch.long), caches=caches[:1])
+        model(torch.zeros(1, 1, dtype=torch.long), cache=caches[:1])
     with pytest.raises(ValueError, match="attention_mask must be a \\(B, T\\)"):
-        model.generate(torch.zeros(2, 3, dtype=torch.long), 2, attention_mask=torch.ones(2, 4))
+        generate(model, torch.zeros(2, 3, dtype=torch.long), 2, attention_mask=torch.ones(2, 4))
     with pytest.raises(ValueError, match="only 0 \\(padding\\) and 1"):
         model(torch.zeros(1, 3, dtype=torch.long), attention_mask=torch.tensor([[0, 2, 1]]))
     with pytest.raises(ValueError, match="max_new_tokens"):
-        model.generate(torch.zeros(1, 3, dtype=torch.long), -1)
+        generate(model, torch.zeros(1, 3, dtype=torch.long), -1)
     with pytest.raises(ValueError, match="temperature"):
-        model.generate(torch.zeros(1, 3, dtype=torch.long), 2, temperature=0.0)
+        generate(model, torch.zeros(1, 3, dtype=torch.long), 2, temperature=0.0)

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lmcourse.models import MLPLM, make_windows
+from lmcourse.sampling import generate
 
 V, K, D, H = 11, 3, 4, 7  # vocabulary, context, embedding and hidden sizes of the small test model
 
@@ -38,7 +39,8 @@ def test_forward_equals_hand_computation_and_loss_equals_cross_entropy(direct):
     model, (idx, targets) = small_model(direct), batch()
     logits, loss = model(idx, targets)
     assert logits.shape == (6, V)
-    torch.testing.assert_close(model(idx), logits)
+    assert model(idx)[1] is None  # without targets: (logits, None)
+    torch.testing.assert_close(model(idx)[0], logits)
     torch.testing.assert_close(logits, by_hand(model, idx)["logits"], rtol=0, atol=1e-12)
     torch.testing.assert_close(loss, F.cross_entropy(logits, targets), rtol=0, atol=1e-12)
     nll = -(logits - logits.exp().sum(1, keepdim=True).log())[torch.arange(6), targets].mean()  # -log softmax
@@ -169,29 +171,28 @@ def test_other_bad_inputs_are_clear_errors():
         make_windows([1, 2], 1, pad_id="<s>")
     with pytest.raises(ValueError, match="reset_id must be a non-negative integer"):
         make_windows([1, 2], 1, reset_id=0.5)
-    with pytest.raises(ValueError, match="at least context_size"):
-        small_model().generate(torch.zeros(1, K - 1, dtype=torch.long), 5)
+    with pytest.raises(ValueError, match="this model reads context_size"):
+        generate(small_model(), torch.zeros(1, K - 1, dtype=torch.long), 5)
     with pytest.raises(ValueError, match="temperature"):
-        small_model().generate(torch.zeros(1, K, dtype=torch.long), 5, temperature=0)
+        generate(small_model(), torch.zeros(1, K, dtype=torch.long), 5, temperature=0)
     with pytest.raises(ValueError, match="max_new_tokens"):
-        small_model().generate(torch.zeros(1, K, dtype=torch.long), -1)
+        generate(small_model(), torch.zeros(1, K, dtype=torch.long), -1)
 
 
-def test_generate_samples_from_the_model_and_resets_windows():
-    """generate() equals a plain loop that samples from softmax(model(window)) with the same generator."""
+def test_generate_samples_from_the_model_s_window():
+    """lmcourse.sampling.generate feeds the MLP its last k tokens: it equals a plain loop that samples from
+    softmax(model(window)) with the same generator."""
     model = small_model(seed=3)
     start = torch.tensor([[0] * K])
-    for reset_id in (None, 0, 1, 2):
-        out = model.generate(start, 60, temperature=0.7, generator=torch.Generator().manual_seed(4), reset_id=reset_id)
-        g, window, expected = torch.Generator().manual_seed(4), [0] * K, []
-        for _ in range(60):
-            probs = F.softmax(model(torch.tensor([window])) / 0.7, dim=-1)
-            w = int(torch.multinomial(probs, 1, generator=g))
-            expected.append(w)
-            window = [w] * K if w == reset_id else window[1:] + [w]
-        assert out.shape == (1, K + 60)
-        assert out[0, K:].tolist() == expected
-        assert reset_id is None or reset_id in expected  # the reset branch was exercised
+    out = generate(model, start, 60, temperature=0.7, generator=torch.Generator().manual_seed(4))
+    g, window, expected = torch.Generator().manual_seed(4), [0] * K, []
+    for _ in range(60):
+        probs = F.softmax(model(torch.tensor([window]))[0] / 0.7, dim=-1)
+        w = int(torch.multinomial(probs, 1, generator=g))
+        expected.append(w)
+        window = window[1:] + [w]
+    assert out.shape == (1, K + 60)
+    assert out[0, K:].tolist() == expected
 
 
 def test_the_model_memorises_a_handful_of_windows_and_replays_them():
@@ -210,8 +211,8 @@ def test_the_model_memorises_a_handful_of_windows_and_replays_them():
         opt.step()
     assert first.item() > 0.8 * math.log(len(vocab))  # it starts near the uniform guess
     assert loss.item() < 0.01 * math.log(len(vocab))
-    out = model.generate(torch.full((1, 3), vocab.index("\n")), len(ids), temperature=0.05,
-                         generator=torch.Generator().manual_seed(0))
+    out = generate(model, torch.full((1, 3), vocab.index("\n")), len(ids), temperature=0.05,
+                   generator=torch.Generator().manual_seed(0))
     assert "".join(vocab[i] for i in out[0, 3:].tolist()) == text + "\n"
 
 
@@ -229,4 +230,4 @@ def test_int32_targets_give_the_int64_loss_and_max_new_tokens_must_be_an_integer
     x, y = make_windows(torch.arange(20) % 7, 3)
     assert torch.equal(model(x.int(), y.int())[1], model(x, y)[1])
     with pytest.raises(ValueError, match="max_new_tokens must be a non-negative integer, got 2.5"):
-        model.generate(x[:1], 2.5)
+        generate(model, x[:1], 2.5)

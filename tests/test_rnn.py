@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lmcourse.rnn import LSTMLM, RNNLM, GRUCell, LSTMCell, Recurrent, RNNCell, evaluate_stream, generate, unroll
+from lmcourse.rnn import LSTMLM, RNNLM, GRUCell, LSTMCell, Recurrent, RNNCell, evaluate_stream, unroll
+from lmcourse.sampling import generate
 from lmcourse.train import TrainConfig, sample_windows, train
 
 TORCH = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}
@@ -106,7 +107,10 @@ def test_fused_and_from_scratch_lms_agree(cell, n_layers, n_embd):
     g = torch.Generator().manual_seed(0)
     idx, targets = torch.randint(11, (4, 10), generator=g), torch.randint(11, (4, 10), generator=g)
     state = random_state(cell, (n_layers, 4, 8), g)
-    (l1, loss1), (l2, loss2) = fused(idx, targets, state), scratch(idx, targets, state)
+    caches = [fused.new_cache(4), scratch.new_cache(4)]
+    for cache in caches:
+        cache.state = state  # start both from the same random state
+    (l1, loss1), (l2, loss2) = fused(idx, targets, caches[0]), scratch(idx, targets, caches[1])
     assert l1.shape == (4, 10, 11) and loss1.ndim == 0
     assert max_diff(l1, l2) < TOL and abs(loss1.item() - loss2.item()) < TOL
     loss1.backward()
@@ -200,7 +204,7 @@ def test_bad_lm_inputs_raise_clear_errors(fused):
     with pytest.raises(ValueError, match=r"targets must have the shape of idx \(1, 2\)"):
         model(torch.tensor([[1, 2]]), torch.tensor([[1, 2, 3]]))
     with pytest.raises(ValueError, match=r"pair \(h, c\) of tensors of shape \(2, 1, 4\)"):
-        model(torch.tensor([[1, 2]]), state=torch.zeros(2, 1, 4))
+        model.forward_with_state(torch.tensor([[1, 2]]), torch.zeros(2, 1, 4))
     with pytest.raises(ValueError, match=r"shape \(2, 1, 4\), got \(\(2, 1, 4\), \(2, 1, 3\)\)"):
         model.forward_with_state(torch.tensor([[1, 2]]), (torch.zeros(2, 1, 4), torch.zeros(2, 1, 3)))
     with pytest.raises(ValueError, match="temperature must be > 0"):

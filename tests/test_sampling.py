@@ -15,7 +15,6 @@ from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogit
 
 from lmcourse.models import MLPLM
 from lmcourse.rnn import LSTMLM
-from lmcourse.rnn import generate as rnn_generate
 from lmcourse.sampling import (
     beam_search,
     chi_square_test,
@@ -195,18 +194,19 @@ def test_generate_crops_the_context_and_stops_at_the_end_token():
     assert out.shape[1] == max(ends) and (out[:, 1:] == eos).any(1).sum() >= 2
 
 
-def test_the_mlp_and_rnn_generators_sample_through_the_same_filters():
-    """Chapters 3-5's generators take top_k/top_p too, and draw exactly what filter_logits + multinomial draw."""
+def test_the_mlp_and_rnn_sample_through_the_same_filters():
+    """The one generate serves chapters 3-5's models too (the MLP's window, the RNN's state as its cache), and
+    draws exactly what filter_logits + multinomial draw on the whole prefix."""
     rnn, mlp = LSTMLM(9, 8, n_embd=5).eval(), MLPLM(9, 3, n_embd=4, n_hidden=8).eval()
     prompt = torch.tensor([[1, 2, 3]])
     for kwargs in [dict(temperature=0.8), dict(temperature=1.2, top_k=3), dict(top_p=0.7), dict(top_k=4, top_p=0.9)]:
-        out_rnn = rnn_generate(rnn, prompt, 12, generator=torch.Generator().manual_seed(0), **kwargs)
-        out_mlp = mlp.generate(prompt, 12, generator=torch.Generator().manual_seed(0), **kwargs)
+        out_rnn = generate(rnn, prompt, 12, generator=torch.Generator().manual_seed(0), **kwargs)
+        out_mlp = generate(mlp, prompt, 12, generator=torch.Generator().manual_seed(0), **kwargs)
         for model, out, window in [(rnn, out_rnn, None), (mlp, out_mlp, 3)]:
             g, expected = torch.Generator().manual_seed(0), prompt
             with torch.no_grad():
                 for _ in range(12):
-                    logits = model(expected)[0][:, -1] if window is None else model(expected[:, -window:])
+                    logits = model(expected)[0][:, -1] if window is None else model(expected[:, -window:])[0]
                     probs = F.softmax(filter_logits(logits, **kwargs), dim=-1)
                     expected = torch.cat([expected, torch.multinomial(probs, 1, generator=g)], 1)
             assert torch.equal(out, expected), (type(model).__name__, kwargs)
@@ -219,8 +219,8 @@ class TableLM(nn.Module):
         super().__init__()
         self.table = table
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        return self.table[idx]  # (B, T, |V|)
+    def forward(self, idx: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return self.table[idx], None  # (B, T, |V|), and no loss
 
 
 def exhaustive(table: torch.Tensor, prompt: int, length: int, eos_id: int | None, alpha: float) -> dict:

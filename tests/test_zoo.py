@@ -183,7 +183,7 @@ def test_evaluate_windows_and_recurrent_score_the_whole_text():
     ids = torch.randint(20, (301,), generator=torch.Generator().manual_seed(0))
     mlp = MLPLM(20, 3, n_embd=4, n_hidden=8)
     x = ids.unfold(0, 3, 1)[:-1]  # every full window, predicting ids[3:]
-    expected = F.cross_entropy(mlp(x), ids[3:]).item()
+    expected = F.cross_entropy(mlp(x)[0], ids[3:]).item()
     assert zoo.evaluate_windows(mlp, ids, 3, batch_size=50) == pytest.approx(expected, rel=1e-6)
     rnn = RNNLM(20, 8, cell="rnn", fused=True)
     assert zoo.evaluate_recurrent(rnn, ids, 64) == evaluate_stream(rnn, ids, batch_size=32, block_size=256)

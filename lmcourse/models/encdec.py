@@ -84,7 +84,7 @@ class EncoderDecoder(nn.Module):
         return self.ln_enc(h)
 
     def forward(self, src: torch.Tensor, tgt: torch.Tensor, targets: torch.Tensor | None = None,
-                src_mask: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+                src_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Next-token logits for the target given the whole source.
 
         Args:
@@ -93,7 +93,8 @@ class EncoderDecoder(nn.Module):
             targets: optional (B, T) ids to predict at each target position; -1 = left out of the loss.
 
         Returns:
-            logits (B, T, vocab_size); with ``targets``, ``(logits, loss)`` (mean cross-entropy in nats).
+            ``(logits, loss)``: logits (B, T, vocab_size) and, with ``targets``, the mean cross-entropy in nats
+            (else None).
         """
         if targets is not None:
             check_targets(targets, tgt, self.vocab_size)
@@ -106,7 +107,7 @@ class EncoderDecoder(nn.Module):
             x = block(x, rope=self.rope, context=context, context_mask=context_mask)
         logits = self.head(self.ln_f(x))  # (B, T, V)
         if targets is None:
-            return logits
+            return logits, None
         return logits, F.cross_entropy(logits.flatten(0, 1), targets.flatten().long(), ignore_index=-1)
 
 

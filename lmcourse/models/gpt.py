@@ -22,7 +22,6 @@ import torch.nn.functional as F
 from lmcourse.attention import KVCache
 from lmcourse.core import check_ids, check_positive_int, is_number
 from lmcourse.models.layers import Block, RotaryEmbedding, init_weights, make_norm, sinusoidal_positions
-from lmcourse.sampling import check_max_new_tokens, check_sampling_args, sample_next
 
 __all__ = ["GPTConfig", "GPT"]
 
@@ -73,7 +72,7 @@ class GPTConfig:
 
 
 class GPT(nn.Module):
-    """GPT-2-style Transformer language model: ``model(idx)`` -> logits, ``model(idx, targets)`` -> (logits, loss).
+    """GPT-2-style Transformer language model: ``model(idx, targets=None)`` -> ``(logits, loss)``.
 
     Parameters are initialised as in GPT-2: normal(0, 0.02) weights and embeddings, zero biases, and the
     projections that write into the residual stream scaled down by 1/sqrt(2 n_layer). Seed the global
@@ -114,31 +113,31 @@ class GPT(nn.Module):
         return n
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
-                attention_mask: torch.Tensor | None = None, caches: list[KVCache] | None = None
-                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+                attention_mask: torch.Tensor | None = None, cache: list[KVCache] | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Next-token logits at every position of each context.
 
         Args:
             idx: (B, T) integer token ids w_1..w_T, T <= block_size.
             targets: optional (B, T) integer ids of the token to predict at each position (for a language
                 model, idx shifted left by one); -1 marks positions left out of the loss.
-            attention_mask: optional (B, T) 0/1 or boolean, 0 at padding tokens (with ``caches``: (B, L + T),
+            attention_mask: optional (B, T) 0/1 or boolean, 0 at padding tokens (with ``cache``: (B, L + T),
                 over the L cached tokens and the new ones). Padding keys are hidden from every query, each row's
                 positions count from its first real token (left padding), and padding positions leave the loss.
-            caches: one :class:`~lmcourse.attention.KVCache` per layer (from :meth:`new_caches`): idx holds the
-                T tokens after the L = ``caches[0].length`` cached ones, at positions L..L+T-1 (L + T <= block_size).
+            cache: one :class:`~lmcourse.attention.KVCache` per layer (from :meth:`new_cache`): idx holds the
+                T tokens after the L = ``cache[0].length`` cached ones, at positions L..L+T-1 (L + T <= block_size).
 
         Returns:
-            logits (B, T, vocab_size); with ``targets``, ``(logits, loss)`` where loss is the mean cross-entropy
-            in nats over the positions whose target is not -1.
+            ``(logits, loss)``: logits (B, T, vocab_size) and, with ``targets``, the mean cross-entropy in nats over
+            the positions whose target is not -1 (else None), the convention of every model in the course.
         """
         validate = not torch.compiler.is_compiling()  # the checks read values (.min()): no graph breaks when compiled
         if validate:
             check_ids(idx, self.vocab_size, "idx", 2, "(B, T)", read_values=_reads_values(idx))
         B, T = idx.shape
-        if caches is not None and len(caches) != len(self.blocks):
-            raise ValueError(f"caches must hold one KVCache per layer ({len(self.blocks)}), got {len(caches)}")
-        L = 0 if caches is None else caches[0].length
+        if cache is not None and len(cache) != len(self.blocks):
+            raise ValueError(f"cache must hold one KVCache per layer ({len(self.blocks)}), got {len(cache)}")
+        L = 0 if cache is None else cache[0].length
         if T < 1 or L + T > self.block_size:
             raise ValueError(f"the context has {L} cached + {T} new tokens but this model reads 1..block_size="
                              f"{self.block_size}; crop it, e.g. idx[:, -{self.block_size}:] (and rebuild the cache)")
@@ -159,64 +158,19 @@ class GPT(nn.Module):
             x = x + self.pos_enc[pos]
         x = self.drop(x)
         for i, block in enumerate(self.blocks):
-            x = block(x, rope=self.rope, mask=mask, cache=None if caches is None else caches[i], positions=positions)
+            x = block(x, rope=self.rope, mask=mask, cache=None if cache is None else cache[i], positions=positions)
         logits = self.head(self.ln_f(x))  # (B, T, V)
         if targets is None:
-            return logits
+            return logits, None
         loss = F.cross_entropy(logits.view(B * T, -1), targets.reshape(B * T).long(), ignore_index=-1)
         return logits, loss
 
-    def new_caches(self, B: int) -> list[KVCache]:
+    def new_cache(self, B: int) -> list[KVCache]:
         """Empty KV caches, one per layer, for B sequences of up to block_size tokens (n_kv_head heads each)."""
         cfg, p = self.config, self.wte.weight
         n_kv_head = cfg.n_kv_head or cfg.n_head
         return [KVCache(B, n_kv_head, cfg.block_size, cfg.n_embd // cfg.n_head, p.device, p.dtype)
                 for _ in self.blocks]
-
-    @torch.no_grad()
-    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-                 top_p: float | None = None, greedy: bool = False, generator: torch.Generator | None = None,
-                 use_cache: bool = True, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Append ``max_new_tokens`` tokens to each prompt, each chosen by ``lmcourse.sampling.sample_next``.
-
-        With ``use_cache`` the prompt is read once and each later step feeds only the newest token, attending
-        to the cached keys and values of the earlier ones. The model reads at most block_size tokens: once the
-        sequence is longer, each step re-reads the last block_size tokens (a sliding window, exactly as the
-        uncached loop does), rebuilding the cache, so past block_size there is no saving.
-
-        Args:
-            idx: (B, T) prompts; rows of different lengths are left-padded (any id at the pads).
-            max_new_tokens: tokens to add (>= 0).
-            temperature, top_k, top_p, greedy, generator: as in ``lmcourse.sampling.sample_next``.
-            use_cache: use KV caches (same tokens, faster); False recomputes the whole context at each step.
-            attention_mask: optional (B, T) 0/1, 0 at the (left) padding of idx.
-
-        Returns:
-            (B, T + max_new_tokens) the prompts followed by the new tokens (the model's mode is restored).
-        """
-        check_ids(idx, self.vocab_size, "idx", 2, "(B, T)")
-        check_sampling_args(temperature, top_k, top_p, greedy)
-        check_max_new_tokens(max_new_tokens)
-        if idx.shape[1] < 1 or not self.config.causal:
-            raise ValueError("generate needs a causal model and a prompt of at least one token per row")
-        real = None if attention_mask is None else _check_attention_mask(attention_mask, tuple(idx.shape))
-        was_training, T_max = self.training, self.block_size
-        self.eval()
-        caches = None
-        for _ in range(max_new_tokens):
-            if use_cache and caches is not None and caches[0].length < T_max:  # feed only the newest token
-                mask = None if real is None else real[:, -(caches[0].length + 1):]
-                logits = self(idx[:, -1:], attention_mask=mask, caches=caches)
-            else:  # (re)read the last block_size tokens, filling fresh caches
-                caches = self.new_caches(idx.shape[0]) if use_cache else None
-                logits = self(idx[:, -T_max:], attention_mask=None if real is None else real[:, -T_max:],
-                              caches=caches)
-            w = sample_next(logits[:, -1, :], temperature, top_k, top_p, greedy, generator)  # (B, 1)
-            idx = torch.cat([idx, w], dim=1)
-            if real is not None:
-                real = torch.cat([real, torch.ones_like(w, dtype=torch.bool)], dim=1)
-        self.train(was_training)
-        return idx
 
     def param_groups(self, weight_decay: float) -> list[dict]:
         """AdamW parameter groups: decay on the weight matrices of linear layers, none on biases, norm gains

@@ -20,7 +20,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lmcourse.core import check_ids, check_non_negative_int, check_positive_int
-from lmcourse.sampling import check_max_new_tokens, check_sampling_args, sample_next
 
 __all__ = ["MLPLM", "make_windows"]
 
@@ -52,8 +51,13 @@ class MLPLM(nn.Module):
             self.out = nn.Linear(n_hidden, vocab_size)  # U, b
             self.direct = nn.Linear(context_size * n_embd, vocab_size, bias=False) if direct else None  # W
 
+    @property
+    def block_size(self) -> int:
+        """The context the model reads (its window, k tokens): ``lmcourse.sampling.generate`` feeds it the last k."""
+        return self.context_size
+
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None
-                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Next-token logits for each context window.
 
         Args:
@@ -61,8 +65,8 @@ class MLPLM(nn.Module):
             targets: optional (B,) integer ids of the tokens that follow.
 
         Returns:
-            logits (B, vocab_size); with ``targets``, ``(logits, loss)`` where loss is the mean
-            cross-entropy -1/B sum_i log p(targets_i | idx_i) in nats (a 0-d tensor).
+            ``(logits, loss)``: logits (B, vocab_size) for the token after each window and, with ``targets``, the
+            mean cross-entropy -1/B sum_i log p(targets_i | idx_i) in nats (a 0-d tensor), else None.
         """
         self._check_ids(idx, "idx", 2)
         if idx.shape[1] != self.context_size:
@@ -73,7 +77,7 @@ class MLPLM(nn.Module):
         if self.direct is not None:
             logits = logits + self.direct(x)
         if targets is None:
-            return logits
+            return logits, None
         self._check_ids(targets, "targets", 1)
         if targets.shape[0] != idx.shape[0]:
             raise ValueError(f"targets has {targets.shape[0]} entries but idx has {idx.shape[0]} rows; "
@@ -82,41 +86,6 @@ class MLPLM(nn.Module):
 
     def _check_ids(self, ids: torch.Tensor, name: str, ndim: int) -> None:
         check_ids(ids, self.vocab_size, name, ndim, "(B, context_size)" if ndim == 2 else "(B,)")
-
-    @torch.no_grad()
-    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-                 generator: torch.Generator | None = None, reset_id: int | None = None,
-                 top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
-        """Sample ``max_new_tokens`` tokens after ``idx``, one at a time, with :func:`lmcourse.sampling.sample_next`.
-
-        Args:
-            idx: (B, T) starting ids with T >= context_size; only the last context_size are read.
-            max_new_tokens: how many tokens to append to each row.
-            temperature: > 0; below 1 sharpens the distribution, above 1 flattens it.
-            generator: a ``torch.Generator`` on the model's device, for reproducible samples.
-            reset_id: if given, whenever a row samples this id its window is refilled with it. This matches
-                windows built by ``make_windows(..., pad_id=reset_id)`` sequence by sequence: with the
-                newline as ``reset_id``, each new line starts from the same blank context as in training.
-            top_k, top_p: keep only the k most probable tokens / the nucleus of mass p (chapter 9).
-
-        Returns:
-            (B, T + max_new_tokens) ids: ``idx`` followed by the samples.
-        """
-        self._check_ids(idx, "idx", 2)
-        if idx.shape[1] < self.context_size:
-            raise ValueError(f"idx needs at least context_size={self.context_size} tokens per row to start "
-                             f"from, got {idx.shape[1]}; pad the start (e.g. with the newline id)")
-        check_sampling_args(temperature, top_k, top_p)
-        check_max_new_tokens(max_new_tokens)
-        window = idx[:, -self.context_size:]
-        new = []
-        for _ in range(max_new_tokens):
-            nxt = sample_next(self(window), temperature, top_k, top_p, generator=generator)  # (B, 1)
-            new.append(nxt)
-            window = torch.cat([window[:, 1:], nxt], dim=1)
-            if reset_id is not None:
-                window = torch.where(nxt == reset_id, reset_id, window)
-        return torch.cat([idx, *new], dim=1)
 
 
 def make_windows(ids: Sequence[int] | torch.Tensor, context_size: int, pad_id: int | None = None,
