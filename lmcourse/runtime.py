@@ -1,4 +1,4 @@
-"""The machine a notebook runs on: device selection, CPU threads and seeding."""
+"""The machine a notebook runs on: device selection, CPU threads, seeding, and timing that waits for the device."""
 
 from __future__ import annotations
 
@@ -6,13 +6,17 @@ import os
 import platform
 import random
 import sys
+import time
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
 
 from lmcourse.core import check_positive_int
 
-__all__ = ["get_device", "set_threads", "usable_cores", "seed_everything", "environment_report"]
+__all__ = ["get_device", "set_threads", "usable_cores", "seed_everything", "environment_report", "synchronize",
+           "time_calls"]
 
 _DEVICES = ("cuda", "mps", "cpu")
 
@@ -81,3 +85,38 @@ def environment_report() -> dict[str, str]:
     if device.type == "cuda":
         report["gpu"] = torch.cuda.get_device_name(device)
     return report
+
+
+def synchronize(device: torch.device | str) -> None:
+    """Wait until ``device`` has finished the work queued so far (nothing to wait for on a CPU).
+
+    A GPU runs asynchronously: a call returns once its work is queued, so a clock read right after it measures
+    the queueing, not the work.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def time_calls(fn: Callable[..., Any], *args: Any, repeats: int = 3, warmup: int = 0,
+               device: torch.device | str = "cpu", reduce: Callable[[list[float]], float] = min,
+               clock: Callable[[], float] = time.perf_counter, **kwargs: Any) -> tuple[float, Any]:
+    """``(reduce(seconds of each of repeats calls), the last result)`` of ``fn(*args, **kwargs)``.
+
+    ``warmup`` untimed calls come first (compilation, caches, lazy allocation); each timed call is bracketed by
+    :func:`synchronize` on ``device``. The default ``reduce=min`` keeps the fastest call, the one least disturbed by
+    whatever else the machine was doing; ``statistics.median`` is the other common choice.
+    """
+    check_positive_int(repeats, "repeats")
+    for _ in range(warmup):
+        fn(*args, **kwargs)
+    times = []
+    for _ in range(repeats):
+        synchronize(device)
+        start = clock()
+        out = fn(*args, **kwargs)
+        synchronize(device)
+        times.append(clock() - start)
+    return reduce(times), out

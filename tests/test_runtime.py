@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from lmcourse.runtime import environment_report, get_device, seed_everything, set_threads
+from lmcourse.runtime import environment_report, get_device, seed_everything, set_threads, synchronize, time_calls
 
 
 def test_get_device_picks_the_best_available():
@@ -50,3 +50,17 @@ def test_set_threads(monkeypatch):
 def test_environment_report_names_versions_and_device():
     report = environment_report()
     assert report["torch"] == torch.__version__ and report["device"] == str(get_device())
+
+
+def test_time_calls_times_each_call_after_the_warmup_and_returns_the_last_result():
+    calls = []
+    ticks = iter(range(0, 100, 5))  # a fake clock: every reading 5 s after the previous one
+    seconds, out = time_calls(lambda x: calls.append(x) or len(calls), 7, repeats=3, warmup=2,
+                              clock=lambda: next(ticks))
+    assert calls == [7] * 5 and out == 5  # 2 warm-up calls, then 3 timed ones; the last one's result
+    assert seconds == 5
+    seconds, _ = time_calls(lambda: None, repeats=4, reduce=sum, clock=lambda: next(ticks))
+    assert seconds == 20
+    with pytest.raises(ValueError, match="repeats must be a positive integer"):
+        time_calls(lambda: None, repeats=0)
+    synchronize("cpu")  # nothing to wait for
