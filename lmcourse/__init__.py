@@ -1,7 +1,10 @@
 """lmcourse: the helper package of the course *Language Models from Counting to GPUs*.
 
-Each module holds one concept that a chapter builds from scratch and later chapters reuse:
+Each module holds one concept that a chapter builds from scratch and later chapters reuse; a module imports only
+:mod:`lmcourse.core` and modules of its own or earlier chapters (the table is :data:`lmcourse.chapters.CHAPTER`):
 
+- :mod:`lmcourse.core` -- the input checks every chapter shares (positive integers, real numbers, token ids)
+- :mod:`lmcourse.chapters` -- which chapter introduces each module
 - :mod:`lmcourse.data` -- the course corpora (download, SHA-256 check, cache, offline mirror)
 - :mod:`lmcourse.runtime` -- device selection, CPU threads, seeding
 - :mod:`lmcourse.metrics` -- perplexity and bits per character
@@ -19,6 +22,16 @@ Each module holds one concept that a chapter builds from scratch and later chapt
 - :mod:`lmcourse.ddp` -- data-parallel training with DistributedDataParallel, launched by ``torchrun``
 - :mod:`lmcourse.zoo` -- trained models shared between chapters: trained once on first use, then loaded
 - :mod:`lmcourse.ladder` -- the capstone's perplexity ladder, the Penn Treebank history, a WikiText-2 recipe
+
+Every neural language model of the course is called the same way::
+
+    logits, loss = model(idx, targets=None)
+
+``idx`` holds token ids (B, T) (for the MLP LM, the k-token windows (B, k)); ``logits`` are (B, T, |V|) (the MLP:
+(B, |V|), the token after each window); ``loss`` is the mean cross-entropy in nats over the targets that are not
+-1, or None without targets. A model that can carry what it has read has ``new_cache(B)`` and takes ``cache=``
+(the GPT's keys and values, a recurrent network's hidden state). :func:`lmcourse.sampling.generate` decodes every
+model through this interface, and :func:`lmcourse.train.mean_loss` scores every model with it.
 """
 
 __version__ = "0.1.0"

@@ -22,6 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lmcourse.core import check_id_stream, check_ids, check_positive_int
+from lmcourse.train import mean_loss
 
 __all__ = ["RNNCell", "LSTMCell", "GRUCell", "unroll", "Recurrent", "RecurrentCache", "RNNLM", "LSTMLM",
            "evaluate_stream"]
@@ -359,14 +360,7 @@ def evaluate_stream(model: RNNLM, ids: torch.Tensor, batch_size: int = 32, block
     n = (len(ids) - 1) // batch_size  # pairs per stream
     if n < 1:
         raise ValueError(f"{len(ids)} tokens are too few for {batch_size} streams; pass a smaller batch_size")
-    device = next(model.parameters()).device
-    x = ids[:n * batch_size].view(batch_size, n).to(device)  # (B, n)
-    y = ids[1:n * batch_size + 1].view(batch_size, n).to(device)
-    was_training = model.training
-    model.eval()
-    total, state = 0.0, None
-    for start in range(0, n, block_size):
-        logits, state = model.forward_with_state(x[:, start:start + block_size], state)
-        total += F.cross_entropy(logits.flatten(0, 1), y[:, start:start + block_size].flatten(), reduction="sum").item()
-    model.train(was_training)
-    return total / (n * batch_size)
+    x = ids[:n * batch_size].view(batch_size, n)  # (B, n): stream b is x[b]
+    y = ids[1:n * batch_size + 1].view(batch_size, n)
+    chunks = ((x[:, t:t + block_size], y[:, t:t + block_size]) for t in range(0, n, block_size))
+    return mean_loss(model, chunks, next(model.parameters()).device, cache=model.new_cache(batch_size))

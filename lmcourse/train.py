@@ -21,7 +21,7 @@ import math
 import os
 import pickle
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from lmcourse.core import check_id_stream, check_positive_int, is_number
 
-__all__ = ["TrainConfig", "History", "sample_windows", "lr_at", "evaluate", "train", "save_checkpoint",
+__all__ = ["TrainConfig", "History", "sample_windows", "lr_at", "evaluate", "mean_loss", "train", "save_checkpoint",
            "save_atomic", "load_checkpoint"]
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -146,16 +146,35 @@ def evaluate(model: torch.nn.Module, batches: BatchFn, n_batches: int, device: t
     A callable that takes a generator gets a fresh one seeded with ``seed``: every evaluation sees the same batches.
     """
     check_positive_int(n_batches, "n_batches")
-    was_training = model.training
-    model.eval()
     gen = torch.Generator().manual_seed(seed)
     draw = (lambda: batches(gen)) if _takes_generator(batches) else batches
-    losses = []
-    for _ in range(n_batches):
-        x, y = _to_device(draw(), device)
-        losses.append(_loss(model(x, y)).item())
-    model.train(was_training)
-    return sum(losses) / len(losses)
+    return mean_loss(model, (draw() for _ in range(n_batches)), device)
+
+
+@torch.no_grad()
+def mean_loss(model: torch.nn.Module, batches: Iterable[Batch], device: torch.device | str = "cpu",
+              cache: object | None = None) -> float:
+    """The mean loss per target of ``model(x, y)`` over every batch (x, y), weighted by the targets each holds.
+
+    The one place where the course turns a model's losses into a held-out number: training's validation, the zoo's
+    evaluations and the recurrent models' stream reading all call it. With a ``cache`` (a recurrent model's
+    ``new_cache(B)``), each batch continues the streams where the previous one ended. Runs in eval mode (no dropout)
+    without gradients and restores the model's mode. Targets of -1 (left out of the loss) are not counted.
+    """
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    try:
+        for batch in batches:
+            x, y = _to_device(batch, device)
+            n = int((y != -1).sum())
+            total += _loss(model(x, y) if cache is None else model(x, y, cache=cache)).item() * n
+            count += n
+    finally:
+        model.train(was_training)
+    if count == 0:
+        raise ValueError("no targets to score: pass at least one batch with a target that is not -1")
+    return total / count
 
 
 def _to_device(batch: Batch, device: torch.device | str) -> Batch:

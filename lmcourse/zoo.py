@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import pickle
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -29,7 +29,7 @@ from lmcourse.core import check_id_stream, check_positive_int
 from lmcourse.data import cache_dir, load_text
 from lmcourse.runtime import get_device
 from lmcourse.tokenizers.char import CharTokenizer
-from lmcourse.train import Batch, History, TrainConfig, sample_windows, save_checkpoint, train
+from lmcourse.train import Batch, History, TrainConfig, mean_loss, sample_windows, save_checkpoint, train
 
 try:
     import fcntl
@@ -126,7 +126,7 @@ def evaluate_windows(model: torch.nn.Module, ids: torch.Tensor, block_size: int,
     from lmcourse.models.mlp import make_windows
 
     x, y = make_windows(ids, block_size)  # (N, block_size), (N,)
-    return _mean_loss(model, x, y, batch_size, device)
+    return mean_loss(model, _rows(x, y, batch_size), device)
 
 
 def evaluate_recurrent(model: torch.nn.Module, ids: torch.Tensor, block_size: int,
@@ -215,22 +215,13 @@ def evaluate_text(model: torch.nn.Module, ids: torch.Tensor, block_size: int, ba
         raise ValueError(f"need more than block_size = {block_size} tokens to evaluate, got {len(ids)}")
     x = ids[: n * block_size].view(n, block_size)  # (n, T)
     y = ids[1: n * block_size + 1].view(n, block_size)  # (n, T)
-    return _mean_loss(model, x, y, batch_size, device)
+    return mean_loss(model, _rows(x, y, batch_size), device)
 
 
-@torch.no_grad()
-def _mean_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
-               device: torch.device | str) -> float:
-    """Mean loss per target of ``model(x, y)`` over the rows of x (N, ...) and y (N, ...), ``batch_size`` rows at a
-    time, in eval mode (the model's mode is restored)."""
-    was_training = model.training
-    model.eval()
-    total = 0.0
+def _rows(x: torch.Tensor, y: torch.Tensor, batch_size: int) -> Iterator[Batch]:
+    """The rows of x (N, ...) and y (N, ...) as batches of ``batch_size`` rows, in order."""
     for i in range(0, len(y), batch_size):
-        xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
-        total += model(xb, yb)[1].item() * yb.numel()
-    model.train(was_training)
-    return total / y.numel()
+        yield x[i:i + batch_size], y[i:i + batch_size]
 
 
 def get(name: str, device: torch.device | str | None = None, progress: bool = True) -> Pretrained:

@@ -6,7 +6,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmcourse.train import TrainConfig, evaluate, load_checkpoint, lr_at, sample_windows, save_checkpoint, train
+from lmcourse.train import (
+    TrainConfig,
+    evaluate,
+    load_checkpoint,
+    lr_at,
+    mean_loss,
+    sample_windows,
+    save_checkpoint,
+    train,
+)
 
 
 class Bigram(torch.nn.Module):
@@ -281,3 +290,26 @@ def test_loading_a_folder_or_a_foreign_pickle_is_explained(tmp_path):
     torch.save([1, 2], tmp_path / "list.pt")
     with pytest.raises(ValueError, match="list.pt is not a checkpoint of this model"):
         load_checkpoint(tmp_path / "list.pt", Bigram(5))
+
+
+def test_mean_loss_weights_batches_by_their_targets_and_carries_a_cache():
+    """mean_loss is the token-weighted mean of model(x, y)'s losses: batches of different sizes, targets of -1
+    left out, and with a recurrent model's cache each batch continues where the last one ended."""
+    from lmcourse.models import GPT, GPTConfig
+    from lmcourse.rnn import RNNLM
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8))
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randint(11, (5, 8), generator=g), torch.randint(11, (5, 8), generator=g)
+    y[4, :5] = -1  # left out of the loss
+    whole = F.cross_entropy(model(x)[0].flatten(0, 1), y.flatten(), ignore_index=-1).item()
+    batches = [(x[:1], y[:1]), (x[1:4], y[1:4]), (x[4:], y[4:])]
+    assert mean_loss(model, batches) == pytest.approx(whole, rel=1e-6)
+    rnn = RNNLM(11, 6, cell="lstm", n_embd=4)
+    x, y = torch.randint(11, (2, 12), generator=g), torch.randint(11, (2, 12), generator=g)
+    halves = [(x[:, :5], y[:, :5]), (x[:, 5:], y[:, 5:])]
+    assert mean_loss(rnn, halves, cache=rnn.new_cache(2)) == pytest.approx(mean_loss(rnn, [(x, y)]), rel=1e-6)
+    assert mean_loss(rnn, halves) != pytest.approx(mean_loss(rnn, [(x, y)]), rel=1e-6)  # without: a fresh state
+    with pytest.raises(ValueError, match="no targets to score"):
+        mean_loss(model, [])
