@@ -48,27 +48,7 @@ class GPTConfig:
     tie_weights: bool = True  # the head's weight matrix is the token embedding's
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            check_positive_int(getattr(self, name), name)
-        if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
-        for name, allowed in _CHOICES.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        if self.n_kv_head is not None:
-            check_positive_int(self.n_kv_head, "n_kv_head", f" (or None); a divisor of n_head={self.n_head}")
-            if self.n_head % self.n_kv_head:
-                raise ValueError(f"n_kv_head must be None or a divisor of n_head={self.n_head}, got {self.n_kv_head}")
-        if self.window is not None:
-            check_positive_int(self.window, "window", " (or None for full attention)")
-        if self.window is not None and not self.causal:
-            raise ValueError("window (sliding-window attention) is implemented for causal models only")
-        if not is_number(self.dropout) or not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
-        if self.pos == "rope" and (self.n_embd // self.n_head) % 2:
-            raise ValueError(f"pos='rope' needs an even head size, got n_embd / n_head = {self.n_embd // self.n_head}")
-        if self.pos == "sinusoidal" and self.n_embd % 2:
-            raise ValueError(f"pos='sinusoidal' needs an even n_embd, got {self.n_embd}")
+        _check_config(self)  # at the bottom of the module, with the other input checks
 
 
 class GPT(nn.Module):
@@ -271,3 +251,28 @@ def _check_hf_config(config) -> None:
         if bad:
             raise ValueError(f"GPT.from_hf: unsupported {name}={getattr(config, name.split('/')[0])!r}; "
                              f"our GPT implements {supported}")
+
+
+def _check_config(config: GPTConfig) -> None:
+    """Raise a ValueError naming the first setting of ``config`` that does not describe a GPT we can build."""
+    for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+        check_positive_int(getattr(config, name), name)
+    if config.n_embd % config.n_head:
+        raise ValueError(f"n_embd={config.n_embd} must be divisible by n_head={config.n_head}")
+    for name, allowed in _CHOICES.items():
+        if getattr(config, name) not in allowed:
+            raise ValueError(f"{name} must be one of {allowed}, got {getattr(config, name)!r}")
+    if config.n_kv_head is not None:
+        check_positive_int(config.n_kv_head, "n_kv_head", f" (or None); a divisor of n_head={config.n_head}")
+        if config.n_head % config.n_kv_head:
+            raise ValueError(f"n_kv_head must be None or a divisor of n_head={config.n_head}, got {config.n_kv_head}")
+    if config.window is not None:
+        check_positive_int(config.window, "window", " (or None for full attention)")
+    if config.window is not None and not config.causal:
+        raise ValueError("window (sliding-window attention) is implemented for causal models only")
+    if not is_number(config.dropout) or not 0.0 <= config.dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {config.dropout!r}")
+    if config.pos == "rope" and (config.n_embd // config.n_head) % 2:
+        raise ValueError(f"pos='rope' needs an even head size, got n_embd / n_head = {config.n_embd // config.n_head}")
+    if config.pos == "sinusoidal" and config.n_embd % 2:
+        raise ValueError(f"pos='sinusoidal' needs an even n_embd, got {config.n_embd}")
