@@ -139,11 +139,13 @@ class KVCache:
 
 
 class MultiHeadAttention(nn.Module):
-    """Multi-head attention with optional grouped-query attention (GQA), sliding window and rotary positions.
+    """Multi-head attention, with grouped-query attention (GQA) as an option.
 
     Each of the n_head heads attends in its own head_dim = d_model / n_head subspace; their outputs are
     concatenated and mixed by ``o_proj``. With n_kv_head < n_head, keys and values have only n_kv_head heads,
-    each shared by n_head / n_kv_head query heads (n_kv_head = 1 is multi-query attention).
+    each shared by n_head / n_kv_head query heads (n_kv_head = 1 is multi-query attention). Chapter 7's GPT
+    builds its self-attention on this class (``lmcourse.models.gpt.SelfAttention``), adding rotary positions,
+    sliding windows and a KV cache.
 
     Args:
         d_model: model width (embedding size).
@@ -170,8 +172,7 @@ class MultiHeadAttention(nn.Module):
         self.o_proj = nn.Linear(d_model, d_model, bias=bias)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, mask: torch.Tensor | None = None,
-                is_causal: bool = False, window: int | None = None, rope: nn.Module | None = None,
-                cache: KVCache | None = None, positions: torch.Tensor | None = None) -> torch.Tensor:
+                is_causal: bool = False) -> torch.Tensor:
         """Attention of the positions of x over x itself (self-attention) or over ``context`` (cross-attention).
 
         Args:
@@ -179,14 +180,6 @@ class MultiHeadAttention(nn.Module):
             context: (B, S, d_model) the keys' and values' inputs; default x (self-attention, S = T).
             mask: boolean, broadcastable to (B, n_head, T, S), True = may attend (e.g. :func:`padding_mask`).
             is_causal: position i attends only to j <= i.
-            window: sliding-window size (needs ``is_causal``): i attends to i - window < j <= i.
-            rope: a rotary embedding (``lmcourse.models.layers.RotaryEmbedding``) applied to q and k
-                (self-attention only).
-            cache: a :class:`KVCache` (self-attention only): x holds the T tokens after the ``cache.length``
-                cached ones; their keys and values are appended and the queries attend to all of them. A given
-                ``mask`` is then (B, n_head, T, cache.length + T) over the cached and new keys.
-            positions: (B, T) position of each token for ``rope`` (e.g. rows counted from their first real
-                token under left padding); default cache.length + 0..T-1.
 
         Returns:
             (B, T, d_model).
@@ -194,45 +187,43 @@ class MultiHeadAttention(nn.Module):
         if x.ndim != 3 or x.shape[-1] != self.q_proj.in_features:
             raise ValueError(f"x must be (B, T, d_model) with d_model={self.q_proj.in_features}, got shape "
                              f"{tuple(x.shape)}")
-        if window is not None and not is_causal:
-            raise ValueError("window (sliding-window attention) needs is_causal=True")
-        if rope is not None and context is not None:
-            raise ValueError("rope applies to self-attention only (queries and keys from the same positions)")
-        if cache is not None and context is not None:
-            raise ValueError("a KV cache is for self-attention only; cross-attention keys do not grow")
+        if context is not None and (context.ndim != 3 or context.shape[0] != x.shape[0]
+                                    or context.shape[2] != x.shape[2]):
+            raise ValueError(f"context must be (B={x.shape[0]}, S, d_model={x.shape[2]}), got shape "
+                             f"{tuple(context.shape)}")
         if mask is not None and mask.dtype != torch.bool:
             raise ValueError(f"mask must be boolean (True = may attend), got {mask.dtype}")
+        q, k, v = self.project(x, context)
+        if is_causal and mask is not None:  # torch's kernel takes one or the other
+            mask, is_causal = mask & causal_mask(q.shape[2], k.shape[2], device=x.device), False
+        return self.attend(q, k, v, mask, is_causal)
+
+    def project(self, x: torch.Tensor, context: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The heads' queries q (B, n_head, T, hd) from x (B, T, d), and keys and values k, v
+        (B, n_kv_head, S, hd) from ``context`` (B, S, d), or from x itself (self-attention)."""
         B, T, C = x.shape
-        kv = x if context is None else context
-        if kv.ndim != 3 or kv.shape[0] != B or kv.shape[2] != C:
-            raise ValueError(f"context must be (B={B}, S, d_model={C}), got shape {tuple(kv.shape)}")
-        S = kv.shape[1]
         if context is None:  # self-attention: q, k and v in one matrix product with the three weights stacked
             w = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])  # (C + 2 kv_dim, C)
             b = None if self.q_proj.bias is None else torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias])
             q, k, v = F.linear(x, w, b).split([C, self.k_proj.out_features, self.v_proj.out_features], dim=-1)
         else:
-            q, k, v = self.q_proj(x), self.k_proj(kv), self.v_proj(kv)
+            q, k, v = self.q_proj(x), self.k_proj(context), self.v_proj(context)
+        S = k.shape[1]
         q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, n_head, T, hd)
         k = k.view(B, S, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, n_kv_head, S, hd)
         v = v.view(B, S, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, n_kv_head, S, hd)
-        L = 0 if cache is None else cache.length  # tokens already cached: x holds positions L..L+T-1
-        if rope is not None:
-            q, k = (rope(q, positions=positions), rope(k, positions=positions)) if positions is not None \
-                else (rope(q, offset=L), rope(k, offset=L))
-        if cache is not None:
-            k, v = cache.append(k, v)  # (B, n_kv_head, L + T, hd): the cached keys and values, then the new ones
-            S = L + T
+        return q, k, v
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
+               is_causal: bool = False) -> torch.Tensor:
+        """softmax(q k^T / sqrt(hd)) v for every head (torch's fused kernel), heads side by side, then ``o_proj``:
+        q (B, n_head, T, hd), k and v (B, n_kv_head, S, hd) -> (B, T, d_model)."""
         if self.n_kv_head != self.n_head:  # each k/v head serves n_head / n_kv_head consecutive query heads
             rep = self.n_head // self.n_kv_head
             k = k.repeat_interleave(rep, dim=1)  # (B, n_head, S, hd)
             v = v.repeat_interleave(rep, dim=1)
-        if is_causal and T == 1 and L and window is None:  # one new token may attend to every cached one
-            is_causal = False
-        if is_causal and (mask is not None or window is not None or L):  # torch's kernel takes one or the other
-            causal = causal_mask(T, S, window=window, device=x.device, offset=L)
-            mask, is_causal = causal if mask is None else mask & causal, False
         dropout = self.dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal)
-        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, d_model): heads side by side
-        return self.o_proj(y)
+        B, _, T, _ = q.shape
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))  # (B, T, d_model): heads side by side

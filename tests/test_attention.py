@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lmcourse.attention import MultiHeadAttention, causal_mask, padding_mask, scaled_dot_product_attention
+from lmcourse.models.gpt import GPTConfig, SelfAttention
 from lmcourse.models.layers import RotaryEmbedding
 
 TOL = {torch.float32: 1e-5, torch.float64: 1e-12}
@@ -178,6 +179,13 @@ def test_mha_equals_torch_multihead_attention(cross, causal, padded):
     assert (got - expected).abs().max() < 1e-12
 
 
+def gpt_attention(d: int, n_head: int, n_kv_head: int | None = None, window: int | None = None,
+                  bias: bool = True) -> SelfAttention:
+    """The GPT's causal self-attention (chapter 6's MultiHeadAttention with the config's switches)."""
+    return SelfAttention(GPTConfig(vocab_size=2, block_size=32, n_layer=1, n_head=n_head, n_embd=d,
+                                   n_kv_head=n_kv_head, window=window, bias=bias))
+
+
 def test_mha_fast_paths_equal_the_from_scratch_function():
     torch.manual_seed(0)
     mha = MultiHeadAttention(16, 4, bias=False).double()
@@ -189,12 +197,15 @@ def test_mha_fast_paths_equal_the_from_scratch_function():
         return t.view(B, T, 4, 4).transpose(1, 2)
 
     q, k, v = heads(mha.q_proj(x)), heads(mha.k_proj(x)), heads(mha.v_proj(x))
-    for kwargs, mask, rotate in [({"is_causal": True}, causal_mask(T), False),
-                                 ({"is_causal": True, "window": 3}, causal_mask(T, window=3), False),
-                                 ({"is_causal": True, "rope": rope}, causal_mask(T), True)]:
+    windowed, plain = (gpt_attention(16, 4, window=w, bias=False).double() for w in (3, None))
+    for sa in (windowed, plain):  # the GPT's self-attention, with the same weights
+        sa.load_state_dict(mha.state_dict())
+    for name, got, mask, rotate in [("causal", mha(x, is_causal=True), causal_mask(T), False),
+                                    ("window", windowed(x), causal_mask(T, window=3), False),
+                                    ("rope", plain(x, rope=rope), causal_mask(T), True)]:
         qq, kk = (rope(q), rope(k)) if rotate else (q, k)
         y = scaled_dot_product_attention(qq, kk, v, mask).transpose(1, 2).reshape(B, T, 16)
-        assert (mha(x, **kwargs) - mha.o_proj(y)).abs().max() < 1e-12, kwargs
+        assert (got - mha.o_proj(y)).abs().max() < 1e-12, name
 
 
 @pytest.mark.parametrize("n_kv_head", [1, 2, 4])
@@ -216,8 +227,12 @@ def test_grouped_query_attention_equals_mha_with_repeated_kv_heads(n_kv_head):
             getattr(mha, name).weight.copy_(torch.cat([w[h // rep] for h in range(n_head)]))
             getattr(mha, name).bias.copy_(torch.cat([b[h // rep] for h in range(n_head)]))
     x = torch.randn(2, 6, 12, dtype=torch.float64)
-    for kwargs in ({}, {"is_causal": True}, {"is_causal": True, "window": 2}):
+    for kwargs in ({}, {"is_causal": True}):
         assert (gqa(x, **kwargs) - mha(x, **kwargs)).abs().max() < 1e-12
+    windowed = [gpt_attention(12, n_head, n_kv, window=2).double() for n_kv in (n_kv_head, None)]
+    for sa, weights in zip(windowed, (gqa, mha), strict=True):
+        sa.load_state_dict(weights.state_dict())
+    assert (windowed[0](x) - windowed[1](x)).abs().max() < 1e-12
 
 
 def test_mha_rejects_bad_arguments():
@@ -227,10 +242,6 @@ def test_mha_rejects_bad_arguments():
         MultiHeadAttention(12, 4, n_kv_head=3)
     mha = MultiHeadAttention(8, 2)
     x = torch.randn(2, 3, 8)
-    with pytest.raises(ValueError, match="is_causal"):
-        mha(x, window=2)
-    with pytest.raises(ValueError, match="self-attention only"):
-        mha(x, context=x, rope=RotaryEmbedding(4, 8))
     with pytest.raises(ValueError, match="context"):
         mha(x, context=torch.randn(3, 3, 8))
     with pytest.raises(ValueError, match=r"\(B, T, d_model\)"):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lmcourse.attention import KVCache, MultiHeadAttention, causal_mask
+from lmcourse.attention import KVCache, causal_mask
 from lmcourse.models import GPT
-from lmcourse.models.gpt import GPTConfig
+from lmcourse.models.gpt import GPTConfig, SelfAttention
 from lmcourse.models.layers import RotaryEmbedding
 from lmcourse.sampling import generate, sample_next
 
@@ -97,14 +97,15 @@ def test_cache_holds_keys_and_values_of_n_kv_head_heads_and_positions_are_offset
     assert torch.allclose(torch.cat([step1, step2], dim=1), full, atol=1e-5)
 
 
-def test_mha_with_cache_equals_full_attention_and_causal_offset():
+def test_attention_with_cache_equals_full_attention_and_causal_offset():
     torch.manual_seed(0)
-    mha = MultiHeadAttention(16, 4, n_kv_head=2).eval()
+    attn = SelfAttention(GPTConfig(vocab_size=2, block_size=32, n_layer=1, n_head=4, n_embd=16, n_kv_head=2,
+                                   window=4)).eval()
     rope = RotaryEmbedding(4, 32)
     x = torch.randn(2, 9, 16)
-    full = mha(x, is_causal=True, window=4, rope=rope)
+    full = attn(x, rope=rope)
     cache = KVCache(2, 2, 32, 4)
-    parts = [mha(x[:, a:b], is_causal=True, window=4, rope=rope, cache=cache) for a, b in ((0, 3), (3, 4), (4, 9))]
+    parts = [attn(x[:, a:b], rope=rope, cache=cache) for a, b in ((0, 3), (3, 4), (4, 9))]
     assert torch.allclose(torch.cat(parts, dim=1), full, atol=1e-6)
     assert torch.equal(causal_mask(2, 5, offset=3), causal_mask(5, 5)[3:])
 

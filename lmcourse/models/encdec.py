@@ -16,11 +16,30 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from lmcourse.attention import MultiHeadAttention
 from lmcourse.core import check_ids, check_positive_int
-from lmcourse.models.gpt import GPTConfig, check_targets
-from lmcourse.models.layers import Block, RotaryEmbedding, init_weights, make_norm, sinusoidal_positions
+from lmcourse.models.gpt import Block, GPTConfig, check_targets
+from lmcourse.models.layers import RotaryEmbedding, init_weights, make_norm, sinusoidal_positions
 
-__all__ = ["EncoderDecoder"]
+__all__ = ["DecoderBlock", "EncoderDecoder"]
+
+
+class DecoderBlock(Block):
+    """The GPT's block with cross-attention between its two sub-layers: x + SelfAttention(Norm(x)), then
+    x + CrossAttention(Norm(x), H) over the encoder's output H, then x + FeedForward(Norm(x))."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__(config)
+        self.ln_cross = make_norm(config)
+        self.cross_attn = MultiHeadAttention(config.n_embd, config.n_head, config.n_kv_head, config.bias,
+                                             config.dropout)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None = None,
+                rope: RotaryEmbedding | None = None) -> torch.Tensor:
+        """x (B, T, n_embd) attending to the context (B, S, n_embd); ``context_mask`` (B, 1, 1, S) hides padding."""
+        x = x + self.drop(self.attn(self.ln_1(x), rope))
+        x = x + self.drop(self.cross_attn(self.ln_cross(x), context=context, mask=context_mask))
+        return x + self.drop(self.mlp(self.ln_2(x)))
 
 
 class EncoderDecoder(nn.Module):
@@ -47,7 +66,7 @@ class EncoderDecoder(nn.Module):
         encoder_config = replace(config, causal=False, window=None)
         self.encoder = nn.ModuleList(Block(encoder_config) for _ in range(n_enc_layer))
         self.ln_enc = make_norm(config)
-        self.decoder = nn.ModuleList(Block(config, cross=True) for _ in range(config.n_layer))
+        self.decoder = nn.ModuleList(DecoderBlock(config) for _ in range(config.n_layer))
         self.ln_f = make_norm(config)
         self.head = nn.Linear(C, config.vocab_size, bias=False)
         if config.tie_weights:
@@ -104,7 +123,7 @@ class EncoderDecoder(nn.Module):
         if x.shape[0] != context.shape[0]:
             raise ValueError(f"src has {context.shape[0]} rows but tgt has {x.shape[0]}; pair them one to one")
         for block in self.decoder:
-            x = block(x, rope=self.rope, context=context, context_mask=context_mask)
+            x = block(x, context, context_mask, rope=self.rope)
         logits = self.head(self.ln_f(x))  # (B, T, V)
         if targets is None:
             return logits, None

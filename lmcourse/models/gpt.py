@@ -19,11 +19,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lmcourse.attention import KVCache
+from lmcourse.attention import KVCache, MultiHeadAttention, causal_mask
 from lmcourse.core import check_ids, check_positive_int, is_number
-from lmcourse.models.layers import Block, RotaryEmbedding, init_weights, make_norm, sinusoidal_positions
+from lmcourse.models.layers import MLP, RotaryEmbedding, SwiGLU, init_weights, make_norm, sinusoidal_positions
 
-__all__ = ["GPTConfig", "GPT"]
+__all__ = ["GPTConfig", "SelfAttention", "Block", "GPT"]
 
 _CHOICES = {"pos": ("learned", "sinusoidal", "rope"), "norm": ("layernorm", "rmsnorm"), "mlp": ("gelu", "swiglu")}
 
@@ -49,6 +49,53 @@ class GPTConfig:
 
     def __post_init__(self) -> None:
         _check_config(self)  # at the bottom of the module, with the other input checks
+
+
+class SelfAttention(MultiHeadAttention):
+    """Chapter 6's multi-head attention as the GPT uses it: causal (unless ``config.causal`` is False) self-attention
+    with the config's sliding window, grouped-query heads and rotary positions. For generation (chapter 10) it also
+    reads and extends a KV cache: ``x`` then holds the T tokens after the L cached ones."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__(config.n_embd, config.n_head, config.n_kv_head, config.bias, config.dropout)
+        self.causal, self.window = config.causal, config.window
+
+    def forward(self, x: torch.Tensor, rope: RotaryEmbedding | None = None, mask: torch.Tensor | None = None,
+                cache: KVCache | None = None, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, T, C) -> (B, T, C). ``mask`` (boolean, True = may attend) hides padding keys: (B, 1, 1, L + T);
+        ``positions`` (B, T) are the RoPE positions of left-padded rows (default L..L+T-1)."""
+        q, k, v = self.project(x)  # (B, n_head, T, hd), (B, n_kv_head, T, hd) x 2
+        T, L = x.shape[1], 0 if cache is None else cache.length
+        if rope is not None:
+            q, k = rope(q, offset=L, positions=positions), rope(k, offset=L, positions=positions)
+        if cache is not None:
+            k, v = cache.append(k, v)  # (B, n_kv_head, L + T, hd): the cached keys and values, then the new ones
+        is_causal = self.causal and not (T == 1 and L and self.window is None)  # one new token sees every cached one
+        if is_causal and (mask is not None or self.window is not None or L):  # torch's kernel takes one or the other
+            causal = causal_mask(T, L + T, window=self.window, device=x.device, offset=L)
+            mask, is_causal = causal if mask is None else mask & causal, False
+        return self.attend(q, k, v, mask, is_causal)
+
+
+class Block(nn.Module):
+    """One pre-norm Transformer layer: x + SelfAttention(Norm(x)), then x + FeedForward(Norm(x)).
+
+    Dropout acts on each sub-layer's output before it joins the residual stream.
+    """
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.ln_1 = make_norm(config)
+        self.attn = SelfAttention(config)
+        self.ln_2 = make_norm(config)
+        self.mlp = SwiGLU(config.n_embd, config.bias) if config.mlp == "swiglu" else MLP(config.n_embd, config.bias)
+        self.drop = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, rope: RotaryEmbedding | None = None, mask: torch.Tensor | None = None,
+                cache: KVCache | None = None, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, T, n_embd) -> (B, T, n_embd); the other arguments go to :class:`SelfAttention`."""
+        x = x + self.drop(self.attn(self.ln_1(x), rope, mask, cache, positions))  # between positions
+        return x + self.drop(self.mlp(self.ln_2(x)))  # at each position
 
 
 class GPT(nn.Module):

@@ -1,13 +1,13 @@
-"""The building blocks of the Transformer (chapter 7): norms, feed-forward layers, position encodings, the block.
+"""The parts the Transformer is built from (chapter 7): norms, feed-forward layers, position encodings, initialisation.
 
     LayerNorm(x) = (x - mean(x)) / sqrt(var(x) + eps) * g + b       (torch.nn.LayerNorm)
     RMSNorm(x)   = x / sqrt(mean(x^2) + eps) * g                    (Zhang & Sennrich 2019; LLaMA)
     MLP(x)       = W_2 GELU(W_1 x + b_1) + b_2, hidden width 4 d    (GPT-2; GELU in its tanh approximation)
     SwiGLU(x)    = W_2 (SiLU(W_1 x) * W_3 x)                        (Shazeer 2020; LLaMA)
 
-A :class:`Block` is one pre-norm Transformer layer: x + SelfAttention(Norm(x)), then (with ``cross=True``)
-x + CrossAttention(Norm(x), encoder output), then x + FeedForward(Norm(x)). Decoder-only (GPT), encoder-only
-(BERT) and the encoder-decoder (T5) all stack these blocks; only the masks and the wiring differ.
+:mod:`lmcourse.models.gpt` assembles them into the attention, the block and the model; decoder-only (GPT),
+encoder-only (BERT) and the encoder-decoder (T5, :mod:`lmcourse.models.encdec`) all stack such blocks, and only
+the masks and the wiring differ.
 """
 
 from __future__ import annotations
@@ -19,12 +19,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lmcourse.attention import KVCache, MultiHeadAttention
-
 if TYPE_CHECKING:
     from lmcourse.models.gpt import GPTConfig
 
-__all__ = ["RMSNorm", "MLP", "SwiGLU", "RotaryEmbedding", "sinusoidal_positions", "make_norm", "Block", "init_weights"]
+__all__ = ["RMSNorm", "MLP", "SwiGLU", "RotaryEmbedding", "sinusoidal_positions", "make_norm", "init_weights"]
 
 
 class RMSNorm(nn.Module):
@@ -133,52 +131,6 @@ def make_norm(config: GPTConfig) -> nn.Module:
     if config.norm == "rmsnorm":
         return RMSNorm(config.n_embd)
     return nn.LayerNorm(config.n_embd, bias=config.bias)
-
-
-class Block(nn.Module):
-    """One pre-norm Transformer layer; with ``cross=True`` it also attends to an encoder's output (a decoder block).
-
-    The self-attention is causal when ``config.causal`` (decoder) and bidirectional otherwise (encoder), with
-    ``config.window`` for sliding-window attention and ``config.n_kv_head`` for grouped-query attention.
-    """
-
-    def __init__(self, config: GPTConfig, cross: bool = False) -> None:
-        super().__init__()
-        self.causal, self.window = config.causal, config.window
-        self.ln_1 = make_norm(config)
-        self.attn = MultiHeadAttention(config.n_embd, config.n_head, config.n_kv_head, config.bias, config.dropout)
-        if cross:
-            self.ln_cross = make_norm(config)
-            self.cross_attn = MultiHeadAttention(config.n_embd, config.n_head, config.n_kv_head, config.bias,
-                                                 config.dropout)
-        else:
-            self.cross_attn = None
-        self.ln_2 = make_norm(config)
-        self.mlp = SwiGLU(config.n_embd, config.bias) if config.mlp == "swiglu" else MLP(config.n_embd, config.bias)
-        self.drop = nn.Dropout(config.dropout)  # on each sub-layer's output, before it joins the residual stream
-
-    def forward(self, x: torch.Tensor, rope: RotaryEmbedding | None = None, mask: torch.Tensor | None = None,
-                context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None,
-                cache: KVCache | None = None, positions: torch.Tensor | None = None) -> torch.Tensor:
-        """x (B, T, n_embd) -> (B, T, n_embd).
-
-        Args:
-            rope: rotary embedding for the self-attention's queries and keys, if the model uses RoPE.
-            mask: boolean self-attention mask broadcastable to (B, n_head, T, T), True = may attend
-                (e.g. a padding mask), combined with the causal mask.
-            context: (B, S, n_embd) encoder output, for a block built with ``cross=True``.
-            context_mask: boolean mask over the context, broadcastable to (B, n_head, T, S).
-            cache, positions: the self-attention's KV cache and RoPE positions (see ``MultiHeadAttention``).
-        """
-        x = x + self.drop(self.attn(self.ln_1(x), mask=mask, is_causal=self.causal, window=self.window, rope=rope,
-                                    cache=cache, positions=positions))
-        if self.cross_attn is not None:
-            if context is None:
-                raise ValueError("this block has cross-attention: pass the encoder output as context=")
-            x = x + self.drop(self.cross_attn(self.ln_cross(x), context=context, mask=context_mask))
-        elif context is not None:
-            raise ValueError("context given to a block without cross-attention; build it as Block(config, cross=True)")
-        return x + self.drop(self.mlp(self.ln_2(x)))
 
 
 def init_weights(model: nn.Module, n_layer: int) -> None:
