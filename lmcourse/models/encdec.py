@@ -73,20 +73,12 @@ class EncoderDecoder(nn.Module):
             self.head.weight = self.wte.weight
         init_weights(self, n_enc_layer + config.n_layer)
 
-    @property
-    def block_size(self) -> int:
-        return self.config.block_size
-
-    @property
-    def vocab_size(self) -> int:
-        return self.config.vocab_size
-
     def embed(self, idx: torch.Tensor, name: str) -> torch.Tensor:
         """Token (+ position) embeddings of idx (B, T) after dropout: (B, T, n_embd)."""
-        check_ids(idx, self.vocab_size, name, 2, "(B, T)")
+        check_ids(idx, self.config.vocab_size, name, 2, "(B, T)")
         T = idx.shape[1]
-        if T < 1 or T > self.block_size:
-            raise ValueError(f"{name} has {T} tokens per row; this model reads 1..block_size={self.block_size}")
+        if T < 1 or T > self.config.block_size:
+            raise ValueError(f"{name} has {T} tokens per row; this model reads 1..block_size={self.config.block_size}")
         x = self.wte(idx)
         if self.wpe is not None:
             x = x + self.wpe(torch.arange(T, device=idx.device))
@@ -116,7 +108,7 @@ class EncoderDecoder(nn.Module):
             (else None).
         """
         if targets is not None:
-            check_targets(targets, tgt, self.vocab_size)
+            check_targets(targets, tgt, self.config.vocab_size)
         context = self.encode(src, src_mask)  # (B, S, C)
         context_mask = None if src_mask is None else _key_mask(src_mask, src)
         x = self.embed(tgt, "tgt")
