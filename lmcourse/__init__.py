@@ -19,6 +19,7 @@ Each module holds one concept that a chapter builds from scratch and later chapt
 - :mod:`lmcourse.sampling` -- decoding: temperature, top-k, top-p, beam search, pass@k
 - :mod:`lmcourse.train` -- the shared training loop, schedules and checkpoints
 - :mod:`lmcourse.efficiency` -- online softmax, tiled (FlashAttention-style) attention, FLOP accounting and MFU
+- :mod:`lmcourse.kvcache` -- the KV cache: every layer's keys and values, for generation one token at a time
 - :mod:`lmcourse.ddp` -- data-parallel training with DistributedDataParallel, launched by ``torchrun``
 - :mod:`lmcourse.zoo` -- trained models shared between chapters: trained once on first use, then loaded
 - :mod:`lmcourse.ladder` -- the capstone's perplexity ladder, the Penn Treebank history, a WikiText-2 recipe
@@ -29,8 +30,9 @@ Every neural language model of the course is called the same way::
 
 ``idx`` holds token ids (B, T) (for the MLP LM, the k-token windows (B, k)); ``logits`` are (B, T, |V|) (the MLP:
 (B, |V|), the token after each window); ``loss`` is the mean cross-entropy in nats over the targets that are not
--1, or None without targets. A model that can carry what it has read has ``new_cache(B)`` and takes ``cache=``
-(the GPT's keys and values, a recurrent network's hidden state). :func:`lmcourse.sampling.generate` decodes every
+-1, or None without targets. A model can carry what it has read from one call to the next in a cache passed as
+``cache=``: a recurrent network's hidden state (``model.new_cache(B)``, chapter 4) or a GPT's keys and values
+(``lmcourse.kvcache.KVCache.for_model(model, B)``, chapter 10). :func:`lmcourse.sampling.generate` decodes every
 model through this interface, and :func:`lmcourse.train.mean_loss` scores every model with it.
 """
 

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from lmcourse.core import check_positive_int
 
-__all__ = ["scaled_dot_product_attention", "causal_mask", "padding_mask", "KVCache", "MultiHeadAttention"]
+__all__ = ["scaled_dot_product_attention", "causal_mask", "padding_mask", "MultiHeadAttention"]
 
 
 def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
@@ -101,43 +101,6 @@ def padding_mask(lengths: torch.Tensor | list[int], T: int) -> torch.Tensor:
     return (torch.arange(T, device=lengths.device)[None, :] < lengths[:, None])[:, None, None, :]
 
 
-class KVCache:
-    """The keys and values one attention layer has computed so far, for fast autoregressive decoding.
-
-    Generating token t needs the keys k_1..k_t and values v_1..v_t of every earlier position, but only the
-    query q_t of the new one; earlier queries and scores are never needed again, so only K and V are cached.
-    Storage is preallocated for ``max_len`` positions; :meth:`append` writes the new rows in place.
-
-    Args:
-        B, n_kv_head, max_len, head_dim: the shape (B, n_kv_head, max_len, head_dim) of each of K and V.
-    """
-
-    def __init__(self, B: int, n_kv_head: int, max_len: int, head_dim: int, device: torch.device | str | None = None,
-                 dtype: torch.dtype | None = None) -> None:
-        self.k = torch.zeros(B, n_kv_head, max_len, head_dim, device=device, dtype=dtype)
-        self.v = torch.zeros_like(self.k)
-        self.length = 0  # positions filled so far
-
-    @property
-    def max_len(self) -> int:
-        return self.k.shape[2]
-
-    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store k, v (B, n_kv_head, T, head_dim) after the cached ones; return all keys and values so far,
-        (B, n_kv_head, length, head_dim) views of the storage."""
-        T, L = k.shape[2], self.length
-        if k.shape != v.shape or k.shape[:2] != self.k.shape[:2] or k.shape[3] != self.k.shape[3]:
-            raise ValueError(f"k and v must be (B, n_kv_head, T, head_dim) = {tuple(self.k.shape[:2])} + (T, "
-                             f"{self.k.shape[3]}), got {tuple(k.shape)} and {tuple(v.shape)}")
-        if L + T > self.max_len:
-            raise ValueError(f"the cache holds {self.max_len} positions; {L} are used and {T} more do not fit: "
-                             "crop the context and rebuild the cache")
-        self.k[:, :, L:L + T] = k
-        self.v[:, :, L:L + T] = v
-        self.length = L + T
-        return self.k[:, :, :self.length], self.v[:, :, :self.length]
-
-
 class MultiHeadAttention(nn.Module):
     """Multi-head attention, with grouped-query attention (GQA) as an option.
 
@@ -145,7 +108,7 @@ class MultiHeadAttention(nn.Module):
     concatenated and mixed by ``o_proj``. With n_kv_head < n_head, keys and values have only n_kv_head heads,
     each shared by n_head / n_kv_head query heads (n_kv_head = 1 is multi-query attention). Chapter 7's GPT
     builds its self-attention on this class (``lmcourse.models.gpt.SelfAttention``), adding rotary positions,
-    sliding windows and a KV cache.
+    sliding windows and the hook for chapter 10's KV cache.
 
     Args:
         d_model: model width (embedding size).

@@ -247,6 +247,10 @@ class RecurrentCache:
     def __init__(self) -> None:
         self.state: State | None = None
 
+    def reset(self) -> None:
+        """Back to the zero state, as before the first token."""
+        self.state = None
+
 
 class RNNLM(nn.Module):
     """Recurrent language model: token w_t -> input x_t -> L recurrent layers -> logits for w_{t+1}.

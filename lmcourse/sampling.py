@@ -145,16 +145,16 @@ def _check_prompt(idx: torch.Tensor, max_new_tokens: int) -> None:
 def generate(model: nn.Module, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None, greedy: bool = False,
              generator: torch.Generator | None = None, eos_id: int | None = None,
-             attention_mask: torch.Tensor | None = None, use_cache: bool = True) -> torch.Tensor:
+             attention_mask: torch.Tensor | None = None, cache: object | None = None) -> torch.Tensor:
     """Append up to ``max_new_tokens`` tokens to each prompt, one :func:`sample_next` at a time: the one
     decoding loop of the course, for every language model.
 
     The model is called as every model of the course is, ``model(idx)`` -> ``(logits, loss)``, reading at most
-    ``model.block_size`` tokens when it has that attribute (the last ones). A model with a ``new_cache(B)``
-    method keeps what it has read in that cache (a Transformer's keys and values, chapter 10; a recurrent
-    network's hidden state, chapter 4): with ``use_cache`` the prompt is read once and each later step feeds only
-    the newest token, ``model(idx[:, -1:], cache=cache)``. Once the sequence outgrows ``block_size`` each step
-    re-reads the last block_size tokens into a fresh cache (a sliding window, as the uncached loop reads), so
+    ``model.block_size`` tokens when it has that attribute (the last ones). With a ``cache`` (what the model keeps
+    of the text it has read: a recurrent network's hidden state, chapter 4; a Transformer's keys and values,
+    chapter 10) the prompt is read once and each later step feeds only the newest token,
+    ``model(idx[:, -1:], cache=cache)``. Once the sequence outgrows ``block_size`` each step empties the cache
+    (``cache.reset()``) and re-reads the last block_size tokens (a sliding window, as the uncached loop reads), so
     there the cache saves nothing. Runs in eval mode (no dropout) without gradients and restores the mode.
 
     Args:
@@ -165,7 +165,9 @@ def generate(model: nn.Module, idx: torch.Tensor, max_new_tokens: int, temperatu
         eos_id: the end token: a row that produced it is finished and is padded with ``eos_id``;
             generation stops early when every row is finished.
         attention_mask: optional (B, T) 0/1, 0 at the left padding of idx (passed on to the model).
-        use_cache: use the model's cache when it has one (same tokens, faster).
+        cache: an empty cache for the B rows, with ``reset()`` (e.g. ``lmcourse.kvcache.KVCache.for_model(gpt, B)``);
+            None: the model's own ``new_cache(B)`` if it has one (the recurrent models), else none; False: none,
+            the whole context is re-read at every step (same tokens, slower).
 
     Returns:
         (B, T + n) ids, the prompt followed by n <= max_new_tokens new tokens.
@@ -176,20 +178,23 @@ def generate(model: nn.Module, idx: torch.Tensor, max_new_tokens: int, temperatu
                                        or attention_mask.shape != idx.shape):
         raise ValueError(f"attention_mask must be a (B, T) = {tuple(idx.shape)} tensor of 0/1 (0 at padding), got "
                          f"{tuple(getattr(attention_mask, 'shape', ())) or type(attention_mask).__name__}")
-    T_max, cached = getattr(model, "block_size", None), use_cache and hasattr(model, "new_cache")
-    mask = attention_mask
+    T_max, mask = getattr(model, "block_size", None), attention_mask
+    if cache is None and hasattr(model, "new_cache"):
+        cache = model.new_cache(idx.shape[0])
+    cache = None if cache is False else cache
     was_training = model.training
     model.eval()
     try:
         finished = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
-        cache, n_cached = None, 0  # n_cached: the tokens the cache holds
+        n_cached = 0  # the tokens the cache holds
         for _ in range(max_new_tokens):
-            if cache is not None and (T_max is None or n_cached < T_max):  # feed only the newest token
+            if cache is not None and n_cached and (T_max is None or n_cached < T_max):  # feed the newest token
                 new, kwargs = idx[:, -1:], {"cache": cache}
-            else:  # (re)read the last block_size tokens, into a fresh cache if the model has one
-                new = _crop(model, idx)
-                cache, n_cached = (model.new_cache(idx.shape[0]) if cached else None), 0
-                kwargs = {} if cache is None else {"cache": cache}
+            else:  # (re)read the last block_size tokens, into the emptied cache if there is one
+                new, n_cached, kwargs = _crop(model, idx), 0, {}
+                if cache is not None:
+                    cache.reset()
+                    kwargs["cache"] = cache
             n_cached += new.shape[1]
             if mask is not None:
                 kwargs["attention_mask"] = mask[:, -(n_cached if cache is not None else new.shape[1]):]

@@ -24,6 +24,7 @@ from lmcourse.efficiency import (
     petaflop_s_days,
     tiled_attention,
 )
+from lmcourse.kvcache import KVCache
 from lmcourse.models import GPT
 from lmcourse.models.gpt import GPTConfig
 
@@ -123,7 +124,7 @@ def test_mfu_and_peak():
 @pytest.mark.parametrize("kwargs", [{}, {"n_kv_head": 2}, {"n_kv_head": 1, "pos": "rope"}])
 def test_kv_cache_bytes_equals_the_models_caches(kwargs):
     config = GPTConfig(vocab_size=50, block_size=24, n_layer=3, n_head=4, n_embd=32, **kwargs)
-    caches = GPT(config).new_cache(B=5)  # float32: 4 bytes per value
+    caches = KVCache(config, B=5)  # float32: 4 bytes per value
     assert kv_cache_bytes(config, batch=5, bytes_per_value=4) == sum(c.k.nbytes + c.v.nbytes for c in caches)
     assert kv_cache_bytes(config, tokens=1) * 24 == kv_cache_bytes(config)
     gpt3 = GPTConfig(**{k: v for k, v in GPT3.items() if k != "tokens"})

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lmcourse.attention import KVCache, causal_mask
+from lmcourse.attention import causal_mask
+from lmcourse.kvcache import KVCache, LayerCache
 from lmcourse.models import GPT
 from lmcourse.models.gpt import GPTConfig, SelfAttention
 from lmcourse.models.layers import RotaryEmbedding
@@ -47,7 +48,7 @@ def test_cached_generation_gives_exactly_the_uncached_tokens(kwargs, greedy):
     for use_cache in (True, False):  # 5 + 20 tokens: the cache overflows block_size = 16 and is rebuilt
         g = torch.Generator().manual_seed(2)
         outs.append(generate(model, prompt, 20, temperature=1.5, top_k=20, greedy=greedy, generator=g,
-                             use_cache=use_cache))
+                             cache=KVCache.for_model(model, 2) if use_cache else False))
     g, ref = torch.Generator().manual_seed(2), prompt  # the loop by hand: re-read the last block_size tokens
     with torch.no_grad():
         for _ in range(20):
@@ -67,9 +68,11 @@ def test_left_padded_batch_equals_one_prompt_at_a_time(kwargs, use_cache):
     P = max(len(p) for p in prompts)
     idx = torch.stack([torch.cat([torch.full((P - len(p),), 39), p]) for p in prompts])  # pads hold any id
     mask = torch.stack([(torch.arange(P) >= P - len(p)).long() for p in prompts])
-    out = generate(model, idx, 12, greedy=True, attention_mask=mask, use_cache=use_cache)  # 9 + 12 > block_size
+    cache = KVCache.for_model(model, 4) if use_cache else False
+    out = generate(model, idx, 12, greedy=True, attention_mask=mask, cache=cache)  # 9 + 12 > block_size
     for row, p in zip(out, prompts, strict=True):
-        alone = generate(model, p[None], 12, greedy=True, use_cache=use_cache)[0]
+        one = KVCache.for_model(model, 1) if use_cache else False
+        alone = generate(model, p[None], 12, greedy=True, cache=one)[0]
         assert torch.equal(row[P - len(p):], alone)
 
 
@@ -87,7 +90,7 @@ def test_padding_mask_in_forward_matches_unpadded_logits_and_loss():
 
 def test_cache_holds_keys_and_values_of_n_kv_head_heads_and_positions_are_offset():
     model = tiny_gpt(pos="rope", n_kv_head=2)
-    caches = model.new_cache(2)
+    caches = KVCache.for_model(model, 2)
     assert caches[0].k.shape == (2, 2, 16, 8)  # (B, n_kv_head, block_size, head_dim)
     x = torch.randint(0, 40, (2, 7), generator=torch.Generator().manual_seed(6))
     full, _ = model(x)
@@ -104,7 +107,7 @@ def test_attention_with_cache_equals_full_attention_and_causal_offset():
     rope = RotaryEmbedding(4, 32)
     x = torch.randn(2, 9, 16)
     full = attn(x, rope=rope)
-    cache = KVCache(2, 2, 32, 4)
+    cache = LayerCache(2, 2, 32, 4)
     parts = [attn(x[:, a:b], rope=rope, cache=cache) for a, b in ((0, 3), (3, 4), (4, 9))]
     assert torch.allclose(torch.cat(parts, dim=1), full, atol=1e-6)
     assert torch.equal(causal_mask(2, 5, offset=3), causal_mask(5, 5)[3:])
@@ -112,13 +115,13 @@ def test_attention_with_cache_equals_full_attention_and_causal_offset():
 
 def test_bad_cache_use_raises_value_error():
     model = tiny_gpt(block_size=8)
-    caches = model.new_cache(1)
+    caches = KVCache.for_model(model, 1)
     model(torch.zeros(1, 6, dtype=torch.long), cache=caches)
     with pytest.raises(ValueError, match="6 cached \\+ 3 new tokens"):
         model(torch.zeros(1, 3, dtype=torch.long), cache=caches)
     with pytest.raises(ValueError, match="do not fit"):
         caches[0].append(torch.zeros(1, 4, 3, 8), torch.zeros(1, 4, 3, 8))
-    with pytest.raises(ValueError, match="one KVCache per layer"):
+    with pytest.raises(ValueError, match="one layer cache per block"):
         model(torch.zeros(1, 1, dtype=torch.long), cache=caches[:1])
     with pytest.raises(ValueError, match="attention_mask must be a \\(B, T\\)"):
         generate(model, torch.zeros(2, 3, dtype=torch.long), 2, attention_mask=torch.ones(2, 4))
@@ -128,3 +131,18 @@ def test_bad_cache_use_raises_value_error():
         generate(model, torch.zeros(1, 3, dtype=torch.long), -1)
     with pytest.raises(ValueError, match="temperature"):
         generate(model, torch.zeros(1, 3, dtype=torch.long), 2, temperature=0.0)
+
+
+def test_one_cache_serves_several_generations_and_its_length_is_every_layers():
+    """generate empties the cache before it reads a prompt, so a cache can be reused; KVCache.length is the
+    positions each layer holds, and reset() empties every layer."""
+    model = tiny_gpt(n_kv_head=2)
+    cache = KVCache.for_model(model, 1)
+    assert len(cache) == 2 and cache.length == 0 and cache[0].k.dtype == next(model.parameters()).dtype
+    prompt = torch.tensor([[3, 1, 4]])
+    first = generate(model, prompt, 10, greedy=True, cache=cache)
+    assert cache.length == 3 + 9 and all(layer.length == 12 for layer in cache)  # the last token is not fed
+    assert torch.equal(generate(model, prompt, 10, greedy=True, cache=cache), first)
+    assert torch.equal(generate(model, prompt, 10, greedy=True, cache=False), first)
+    cache.reset()
+    assert cache.length == 0

@@ -13,13 +13,15 @@ sliding-window attention) and ``causal=False`` for an encoder-only (BERT-style, 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lmcourse.attention import KVCache, MultiHeadAttention, causal_mask
+from lmcourse.attention import MultiHeadAttention, causal_mask
 from lmcourse.core import check_ids, check_positive_int, is_number
 from lmcourse.models.layers import MLP, RotaryEmbedding, SwiGLU, init_weights, make_norm, sinusoidal_positions
 
@@ -51,6 +53,15 @@ class GPTConfig:
         _check_config(self)  # at the bottom of the module, with the other input checks
 
 
+class LayerCache(Protocol):
+    """What the attention asks of a KV cache (chapter 10's ``lmcourse.kvcache.LayerCache``): the positions it holds,
+    and ``append(k, v)``, which stores the new keys and values and returns all of them."""
+
+    length: int
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
 class SelfAttention(MultiHeadAttention):
     """Chapter 6's multi-head attention as the GPT uses it: causal (unless ``config.causal`` is False) self-attention
     with the config's sliding window, grouped-query heads and rotary positions. For generation (chapter 10) it also
@@ -61,7 +72,7 @@ class SelfAttention(MultiHeadAttention):
         self.causal, self.window = config.causal, config.window
 
     def forward(self, x: torch.Tensor, rope: RotaryEmbedding | None = None, mask: torch.Tensor | None = None,
-                cache: KVCache | None = None, positions: torch.Tensor | None = None) -> torch.Tensor:
+                cache: LayerCache | None = None, positions: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, T, C) -> (B, T, C). ``mask`` (boolean, True = may attend) hides padding keys: (B, 1, 1, L + T);
         ``positions`` (B, T) are the RoPE positions of left-padded rows (default L..L+T-1)."""
         q, k, v = self.project(x)  # (B, n_head, T, hd), (B, n_kv_head, T, hd) x 2
@@ -92,7 +103,7 @@ class Block(nn.Module):
         self.drop = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor, rope: RotaryEmbedding | None = None, mask: torch.Tensor | None = None,
-                cache: KVCache | None = None, positions: torch.Tensor | None = None) -> torch.Tensor:
+                cache: LayerCache | None = None, positions: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, T, n_embd) -> (B, T, n_embd); the other arguments go to :class:`SelfAttention`."""
         x = x + self.drop(self.attn(self.ln_1(x), rope, mask, cache, positions))  # between positions
         return x + self.drop(self.mlp(self.ln_2(x)))  # at each position
@@ -140,7 +151,7 @@ class GPT(nn.Module):
         return n
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
-                attention_mask: torch.Tensor | None = None, cache: list[KVCache] | None = None
+                attention_mask: torch.Tensor | None = None, cache: Sequence[LayerCache] | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Next-token logits at every position of each context.
 
@@ -151,8 +162,8 @@ class GPT(nn.Module):
             attention_mask: optional (B, T) 0/1 or boolean, 0 at padding tokens (with ``cache``: (B, L + T),
                 over the L cached tokens and the new ones). Padding keys are hidden from every query, each row's
                 positions count from its first real token (left padding), and padding positions leave the loss.
-            cache: one :class:`~lmcourse.attention.KVCache` per layer (from :meth:`new_cache`): idx holds the
-                T tokens after the L = ``cache[0].length`` cached ones, at positions L..L+T-1 (L + T <= block_size).
+            cache: chapter 10's ``lmcourse.kvcache.KVCache`` (one layer cache per block): idx holds the T tokens
+                after the L = ``cache[0].length`` cached ones, at positions L..L+T-1 (L + T <= block_size).
 
         Returns:
             ``(logits, loss)``: logits (B, T, vocab_size) and, with ``targets``, the mean cross-entropy in nats over
@@ -163,7 +174,8 @@ class GPT(nn.Module):
             check_ids(idx, self.vocab_size, "idx", 2, "(B, T)", read_values=_reads_values(idx))
         B, T = idx.shape
         if cache is not None and len(cache) != len(self.blocks):
-            raise ValueError(f"cache must hold one KVCache per layer ({len(self.blocks)}), got {len(cache)}")
+            raise ValueError(f"cache must hold one layer cache per block ({len(self.blocks)}), got {len(cache)}; "
+                             "make it with lmcourse.kvcache.KVCache.for_model(model, B)")
         L = 0 if cache is None else cache[0].length
         if T < 1 or L + T > self.block_size:
             raise ValueError(f"the context has {L} cached + {T} new tokens but this model reads 1..block_size="
@@ -191,13 +203,6 @@ class GPT(nn.Module):
             return logits, None
         loss = F.cross_entropy(logits.view(B * T, -1), targets.reshape(B * T).long(), ignore_index=-1)
         return logits, loss
-
-    def new_cache(self, B: int) -> list[KVCache]:
-        """Empty KV caches, one per layer, for B sequences of up to block_size tokens (n_kv_head heads each)."""
-        cfg, p = self.config, self.wte.weight
-        n_kv_head = cfg.n_kv_head or cfg.n_head
-        return [KVCache(B, n_kv_head, cfg.block_size, cfg.n_embd // cfg.n_head, p.device, p.dtype)
-                for _ in self.blocks]
 
     def param_groups(self, weight_decay: float) -> list[dict]:
         """AdamW parameter groups: decay on the weight matrices of linear layers, none on biases, norm gains
