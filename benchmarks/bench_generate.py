@@ -5,7 +5,7 @@ so both hold the same weights. Each measurement generates a whole context of N t
 (greedy, batch 1), so the uncached loop re-reads 1, 2, ..., N - 1 tokens while the cached one feeds one token
 per step and attends to the cached keys and values. It reports, per context length N:
 
-- the KV-cache speed-up: time of ``generate(cache=False)`` / time of ``generate(cache=KVCache.for_model(...))``;
+- the KV-cache speed-up: time of ``generate(cache=False)`` / time of ``generate(CachedGPT(model))`` (its KV cache);
 - tokens/s of our cached ``generate`` and of HF's ``generate`` (``use_cache=True``, greedy), and their ratio.
 
 Runs alternate between the contenders (after an untimed warm-up on a short context) and the median of
@@ -30,7 +30,7 @@ from results import add_json_argument, row, write_json
 from transformers import GPT2Config, GPT2LMHeadModel
 from transformers.utils import logging as hf_logging
 
-from lmcourse.kvcache import KVCache
+from lmcourse.inference import CachedGPT
 from lmcourse.models import GPT
 from lmcourse.runtime import set_threads
 from lmcourse.sampling import generate
@@ -67,8 +67,8 @@ def contenders(hf: GPT2LMHeadModel, ours: GPT, N: int, device: torch.device, pee
     generates a whole context of N tokens from a 1-token prompt and returns the (1, N) ids."""
     prompt = torch.zeros(1, 1, dtype=torch.long, device=device)
     new = N - 1
-    cache = KVCache.for_model(ours, 1)  # emptied by every generate call
-    runs = {"cached": lambda: generate(ours, prompt, new, greedy=True, cache=cache)}
+    cached = CachedGPT(ours)  # the same weights, with the KV cache of chapter 10
+    runs = {"cached": lambda: generate(cached, prompt, new, greedy=True)}
     if peer in ("uncached", "both"):
         runs["uncached"] = lambda: generate(ours, prompt, new, greedy=True, cache=False)
     if peer in ("hf", "both"):

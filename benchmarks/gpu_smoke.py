@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from lmcourse.efficiency import gpt_flops_per_token
-from lmcourse.kvcache import KVCache
+from lmcourse.inference import CachedGPT
 from lmcourse.models import GPT, GPTConfig
 from lmcourse.runtime import get_device, set_threads
 from lmcourse.sampling import generate
@@ -87,8 +87,8 @@ def check_generation(device: torch.device) -> str:
     model.eval()
     prompt = torch.tensor([[1, 8, 15]], device=device)
     for kwargs in ({"greedy": True}, {"top_k": 5}):
-        runs = [generate(model, prompt, 40, cache=cache, generator=torch.Generator(device).manual_seed(0), **kwargs)
-                for cache in (KVCache.for_model(model, 1), False)]
+        runs = [generate(net, prompt, 40, generator=torch.Generator(device).manual_seed(0), **kwargs)
+                for net in (CachedGPT(model), model)]  # with the KV cache, and re-reading the context
         assert torch.equal(*runs), f"cached and uncached generation differ with {kwargs}"
     return "cached == uncached, greedy and top-k"
 

@@ -19,7 +19,7 @@ Each module holds one concept that a chapter builds from scratch and later chapt
 - :mod:`lmcourse.sampling` -- decoding: temperature, top-k, top-p, beam search, pass@k
 - :mod:`lmcourse.train` -- the shared training loop, schedules and checkpoints
 - :mod:`lmcourse.efficiency` -- online softmax, tiled (FlashAttention-style) attention, FLOP accounting and MFU
-- :mod:`lmcourse.kvcache` -- the KV cache: every layer's keys and values, for generation one token at a time
+- :mod:`lmcourse.inference` -- the KV cache and left-padded batches: the GPT as it generates
 - :mod:`lmcourse.ddp` -- data-parallel training with DistributedDataParallel, launched by ``torchrun``
 - :mod:`lmcourse.zoo` -- trained models shared between chapters: trained once on first use, then loaded
 - :mod:`lmcourse.ladder` -- the capstone's perplexity ladder, the Penn Treebank history, a WikiText-2 recipe
@@ -32,8 +32,8 @@ Every neural language model of the course is called the same way::
 (B, |V|), the token after each window); ``loss`` is the mean cross-entropy in nats over the targets that are not
 -1, or None without targets. A model can carry what it has read from one call to the next in a cache passed as
 ``cache=``: a recurrent network's hidden state (``model.new_cache(B)``, chapter 4) or a GPT's keys and values
-(``lmcourse.kvcache.KVCache.for_model(model, B)``, chapter 10). :func:`lmcourse.sampling.generate` decodes every
-model through this interface, and :func:`lmcourse.train.mean_loss` scores every model with it.
+(``CachedGPT(gpt).new_cache(B)`` of :mod:`lmcourse.inference`, chapter 10). :func:`lmcourse.sampling.generate`
+decodes every model through this interface, and :func:`lmcourse.train.mean_loss` scores every model with it.
 """
 
 __version__ = "0.1.0"

@@ -40,7 +40,7 @@ CHAPTER: dict[str, int] = {
     "lmcourse.tokenizers.wordpiece": 8,
     "lmcourse.tokenizers.unigram": 8,
     "lmcourse.efficiency": 10,
-    "lmcourse.kvcache": 10,
+    "lmcourse.inference": 10,
     "lmcourse.ddp": 11,
     "lmcourse.zoo": 12,
     "lmcourse.ladder": 12,

@@ -17,6 +17,7 @@ Also here: the tools that measure decoders. :func:`pass_at_k` (Chen et al. 2021)
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -164,10 +165,11 @@ def generate(model: nn.Module, idx: torch.Tensor, max_new_tokens: int, temperatu
         temperature, top_k, top_p, greedy, generator: as in :func:`sample_next`.
         eos_id: the end token: a row that produced it is finished and is padded with ``eos_id``;
             generation stops early when every row is finished.
-        attention_mask: optional (B, T) 0/1, 0 at the left padding of idx (passed on to the model).
-        cache: an empty cache for the B rows, with ``reset()`` (e.g. ``lmcourse.kvcache.KVCache.for_model(gpt, B)``);
-            None: the model's own ``new_cache(B)`` if it has one (the recurrent models), else none; False: none,
-            the whole context is re-read at every step (same tokens, slower).
+        attention_mask: optional (B, T) 0/1, 0 at the left padding of idx, passed on to a model that reads one
+            (for a GPT: ``lmcourse.inference.CachedGPT(gpt)``).
+        cache: an empty cache for the B rows, with ``reset()``; None: the model's own ``new_cache(B)`` if it has
+            one (the recurrent models, and the GPT wrapped in ``lmcourse.inference.CachedGPT``), else none; False:
+            none, the whole context is re-read at every step (same tokens, slower).
 
     Returns:
         (B, T + n) ids, the prompt followed by n <= max_new_tokens new tokens.
@@ -178,6 +180,9 @@ def generate(model: nn.Module, idx: torch.Tensor, max_new_tokens: int, temperatu
                                        or attention_mask.shape != idx.shape):
         raise ValueError(f"attention_mask must be a (B, T) = {tuple(idx.shape)} tensor of 0/1 (0 at padding), got "
                          f"{tuple(getattr(attention_mask, 'shape', ())) or type(attention_mask).__name__}")
+    if attention_mask is not None and "attention_mask" not in inspect.signature(model.forward).parameters:
+        raise ValueError(f"{type(model).__name__} reads no attention_mask; for left-padded rows of a GPT, generate "
+                         "with lmcourse.inference.CachedGPT(model)")
     T_max, mask = getattr(model, "block_size", None), attention_mask
     if cache is None and hasattr(model, "new_cache"):
         cache = model.new_cache(idx.shape[0])

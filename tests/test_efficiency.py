@@ -24,7 +24,7 @@ from lmcourse.efficiency import (
     petaflop_s_days,
     tiled_attention,
 )
-from lmcourse.kvcache import KVCache
+from lmcourse.inference import KVCache
 from lmcourse.models import GPT
 from lmcourse.models.gpt import GPTConfig
 

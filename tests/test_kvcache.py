@@ -6,10 +6,9 @@ import pytest
 import torch
 
 from lmcourse.attention import causal_mask
-from lmcourse.kvcache import KVCache, LayerCache
+from lmcourse.inference import CachedGPT, KVCache, LayerCache
 from lmcourse.models import GPT
-from lmcourse.models.gpt import GPTConfig, SelfAttention
-from lmcourse.models.layers import RotaryEmbedding
+from lmcourse.models.gpt import GPTConfig
 from lmcourse.sampling import generate, sample_next
 
 VARIANTS = [
@@ -30,13 +29,14 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-def tiny_gpt(block_size: int = 16, **kwargs) -> GPT:
+def tiny_gpt(block_size: int = 16, **kwargs) -> CachedGPT:
+    """A small random GPT with chapter 10's machinery (KV cache, left padding)."""
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=40, block_size=block_size, n_layer=2, n_head=4, n_embd=32, **kwargs))
     with torch.no_grad():  # larger weights than GPT-2's init, so that greedy decoding does not repeat one token
         for p in model.parameters():
             p.mul_(6.0) if p.dim() == 2 else None
-    return model
+    return CachedGPT(model)
 
 
 @pytest.mark.parametrize("kwargs", VARIANTS)
@@ -100,17 +100,21 @@ def test_cache_holds_keys_and_values_of_n_kv_head_heads_and_positions_are_offset
     assert torch.allclose(torch.cat([step1, step2], dim=1), full, atol=1e-5)
 
 
-def test_attention_with_cache_equals_full_attention_and_causal_offset():
+def test_cached_chunks_equal_full_attention_with_window_gqa_and_rope():
+    """Read in chunks of 3, 1 and 5 tokens through the cache, a model with a sliding window, grouped-query heads and
+    RoPE gives the logits of one full pass; the causal mask's offset puts each chunk after the cached ones."""
     torch.manual_seed(0)
-    attn = SelfAttention(GPTConfig(vocab_size=2, block_size=32, n_layer=1, n_head=4, n_embd=16, n_kv_head=2,
-                                   window=4)).eval()
-    rope = RotaryEmbedding(4, 32)
-    x = torch.randn(2, 9, 16)
-    full = attn(x, rope=rope)
-    cache = LayerCache(2, 2, 32, 4)
-    parts = [attn(x[:, a:b], rope=rope, cache=cache) for a, b in ((0, 3), (3, 4), (4, 9))]
-    assert torch.allclose(torch.cat(parts, dim=1), full, atol=1e-6)
+    model = CachedGPT(GPT(GPTConfig(vocab_size=20, block_size=32, n_layer=1, n_head=4, n_embd=16, n_kv_head=2,
+                                    window=4, pos="rope"))).eval()
+    x = torch.randint(0, 20, (2, 9), generator=torch.Generator().manual_seed(8))
+    full, _ = model(x)
+    cache = KVCache.for_model(model, 2)
+    parts = [model(x[:, a:b], cache=cache)[0] for a, b in ((0, 3), (3, 4), (4, 9))]
+    assert torch.allclose(torch.cat(parts, dim=1), full, atol=1e-6) and cache.length == 9
     assert torch.equal(causal_mask(2, 5, offset=3), causal_mask(5, 5)[3:])
+    layer = LayerCache(2, 2, 4, 4)
+    with pytest.raises(ValueError, match="do not fit"):
+        layer.append(torch.zeros(2, 2, 5, 4), torch.zeros(2, 2, 5, 4))
 
 
 def test_bad_cache_use_raises_value_error():
@@ -146,3 +150,19 @@ def test_one_cache_serves_several_generations_and_its_length_is_every_layers():
     assert torch.equal(generate(model, prompt, 10, greedy=True, cache=False), first)
     cache.reset()
     assert cache.length == 0
+
+
+def test_the_plain_gpt_is_chapter_7s_and_the_wrapper_shares_its_weights_and_mode():
+    """GPT.forward takes no cache and no padding (chapter 7); CachedGPT adds both without copying a weight, keeps the
+    GPT's mode, and without cache or mask gives exactly the GPT's logits and loss."""
+    cached = tiny_gpt()
+    gpt = cached.gpt.eval()
+    assert CachedGPT(gpt).training is False and all(
+        p is q for p, q in zip(gpt.parameters(), cached.parameters(), strict=True))
+    x = torch.randint(0, 40, (2, 9), generator=torch.Generator().manual_seed(7))
+    (a, la), (b, lb) = gpt(x, x), CachedGPT(gpt)(x, x)
+    assert torch.equal(a, b) and torch.equal(la, lb)
+    with pytest.raises(TypeError):
+        gpt(x, cache=KVCache.for_model(gpt, 2))
+    with pytest.raises(ValueError, match="reads no attention_mask.*CachedGPT"):
+        generate(gpt, x, 2, attention_mask=torch.ones_like(x))

@@ -13,9 +13,7 @@ sliding-window attention) and ``causal=False`` for an encoder-only (BERT-style, 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 import torch
 import torch.nn as nn
@@ -25,7 +23,7 @@ from lmcourse.attention import MultiHeadAttention, causal_mask
 from lmcourse.core import check_ids, check_positive_int, is_number
 from lmcourse.models.layers import MLP, RotaryEmbedding, SwiGLU, init_weights, make_norm, sinusoidal_positions
 
-__all__ = ["GPTConfig", "SelfAttention", "Block", "GPT"]
+__all__ = ["GPTConfig", "SelfAttention", "Block", "GPT", "lm_loss"]
 
 _CHOICES = {"pos": ("learned", "sinusoidal", "rope"), "norm": ("layernorm", "rmsnorm"), "mlp": ("gelu", "swiglu")}
 
@@ -53,39 +51,34 @@ class GPTConfig:
         _check_config(self)  # at the bottom of the module, with the other input checks
 
 
-class LayerCache(Protocol):
-    """What the attention asks of a KV cache (chapter 10's ``lmcourse.kvcache.LayerCache``): the positions it holds,
-    and ``append(k, v)``, which stores the new keys and values and returns all of them."""
-
-    length: int
-
-    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
-
-
 class SelfAttention(MultiHeadAttention):
-    """Chapter 6's multi-head attention as the GPT uses it: causal (unless ``config.causal`` is False) self-attention
-    with the config's sliding window, grouped-query heads and rotary positions. For generation (chapter 10) it also
-    reads and extends a KV cache: ``x`` then holds the T tokens after the L cached ones."""
+    """Chapter 6's multi-head attention as the GPT uses it: self-attention, causal unless ``config.causal`` is False,
+    with the config's sliding window, grouped-query heads and rotary positions."""
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__(config.n_embd, config.n_head, config.n_kv_head, config.bias, config.dropout)
         self.causal, self.window = config.causal, config.window
 
-    def forward(self, x: torch.Tensor, rope: RotaryEmbedding | None = None, mask: torch.Tensor | None = None,
-                cache: LayerCache | None = None, positions: torch.Tensor | None = None) -> torch.Tensor:
-        """x (B, T, C) -> (B, T, C). ``mask`` (boolean, True = may attend) hides padding keys: (B, 1, 1, L + T);
-        ``positions`` (B, T) are the RoPE positions of left-padded rows (default L..L+T-1)."""
+    def forward(self, x: torch.Tensor, rope: RotaryEmbedding | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, T, C) -> (B, T, C); ``mask`` (boolean, True = may attend, e.g. (B, 1, 1, T)) hides padding keys."""
         q, k, v = self.project(x)  # (B, n_head, T, hd), (B, n_kv_head, T, hd) x 2
-        T, L = x.shape[1], 0 if cache is None else cache.length
         if rope is not None:
-            q, k = rope(q, offset=L, positions=positions), rope(k, offset=L, positions=positions)
-        if cache is not None:
-            k, v = cache.append(k, v)  # (B, n_kv_head, L + T, hd): the cached keys and values, then the new ones
-        is_causal = self.causal and not (T == 1 and L and self.window is None)  # one new token sees every cached one
-        if is_causal and (mask is not None or self.window is not None or L):  # torch's kernel takes one or the other
-            causal = causal_mask(T, L + T, window=self.window, device=x.device, offset=L)
-            mask, is_causal = causal if mask is None else mask & causal, False
+            q, k = rope(q), rope(k)
+        mask, is_causal = self.mask_for(x.shape[1], x.shape[1], mask, x.device)
         return self.attend(q, k, v, mask, is_causal)
+
+    def mask_for(self, T: int, S: int, mask: torch.Tensor | None = None, device: torch.device | None = None
+                 ) -> tuple[torch.Tensor | None, bool]:
+        """(mask, is_causal) for T queries at the last T of S key positions (S - T earlier keys are cached, chapter
+        10), combined with ``mask``: torch's kernel takes ``is_causal`` alone or one explicit mask, so a window,
+        padding or cached keys turn the causal structure into an explicit mask."""
+        L = S - T
+        is_causal = self.causal and not (T == 1 and L and self.window is None)  # one new token sees every earlier one
+        if is_causal and (mask is not None or self.window is not None or L):
+            causal = causal_mask(T, S, window=self.window, device=device, offset=L)
+            mask, is_causal = causal if mask is None else mask & causal, False
+        return mask, is_causal
 
 
 class Block(nn.Module):
@@ -102,10 +95,10 @@ class Block(nn.Module):
         self.mlp = SwiGLU(config.n_embd, config.bias) if config.mlp == "swiglu" else MLP(config.n_embd, config.bias)
         self.drop = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, rope: RotaryEmbedding | None = None, mask: torch.Tensor | None = None,
-                cache: LayerCache | None = None, positions: torch.Tensor | None = None) -> torch.Tensor:
-        """x (B, T, n_embd) -> (B, T, n_embd); the other arguments go to :class:`SelfAttention`."""
-        x = x + self.drop(self.attn(self.ln_1(x), rope, mask, cache, positions))  # between positions
+    def forward(self, x: torch.Tensor, rope: RotaryEmbedding | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, T, n_embd) -> (B, T, n_embd); ``rope`` and ``mask`` go to :class:`SelfAttention`."""
+        x = x + self.drop(self.attn(self.ln_1(x), rope, mask))  # between positions
         return x + self.drop(self.mlp(self.ln_2(x)))  # at each position
 
 
@@ -150,8 +143,16 @@ class GPT(nn.Module):
             n -= self.wpe.weight.numel()
         return n
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
-                attention_mask: torch.Tensor | None = None, cache: Sequence[LayerCache] | None = None
+    def embed(self, idx: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """Token + position embeddings of idx (B, T) at positions pos ((T,), or (B, T) per row), after dropout."""
+        x = self.wte(idx)  # (B, T, C)
+        if self.wpe is not None:
+            x = x + self.wpe(pos)  # (T, C) or (B, T, C)
+        elif self.config.pos == "sinusoidal":
+            x = x + self.pos_enc[pos]
+        return self.drop(x)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Next-token logits at every position of each context.
 
@@ -159,11 +160,6 @@ class GPT(nn.Module):
             idx: (B, T) integer token ids w_1..w_T, T <= block_size.
             targets: optional (B, T) integer ids of the token to predict at each position (for a language
                 model, idx shifted left by one); -1 marks positions left out of the loss.
-            attention_mask: optional (B, T) 0/1 or boolean, 0 at padding tokens (with ``cache``: (B, L + T),
-                over the L cached tokens and the new ones). Padding keys are hidden from every query, each row's
-                positions count from its first real token (left padding), and padding positions leave the loss.
-            cache: chapter 10's ``lmcourse.kvcache.KVCache`` (one layer cache per block): idx holds the T tokens
-                after the L = ``cache[0].length`` cached ones, at positions L..L+T-1 (L + T <= block_size).
 
         Returns:
             ``(logits, loss)``: logits (B, T, vocab_size) and, with ``targets``, the mean cross-entropy in nats over
@@ -171,38 +167,14 @@ class GPT(nn.Module):
         """
         validate = not torch.compiler.is_compiling()  # the checks read values (.min()): no graph breaks when compiled
         if validate:
-            check_ids(idx, self.vocab_size, "idx", 2, "(B, T)", read_values=_reads_values(idx))
-        B, T = idx.shape
-        if cache is not None and len(cache) != len(self.blocks):
-            raise ValueError(f"cache must hold one layer cache per block ({len(self.blocks)}), got {len(cache)}; "
-                             "make it with lmcourse.kvcache.KVCache.for_model(model, B)")
-        L = 0 if cache is None else cache[0].length
-        if T < 1 or L + T > self.block_size:
-            raise ValueError(f"the context has {L} cached + {T} new tokens but this model reads 1..block_size="
-                             f"{self.block_size}; crop it, e.g. idx[:, -{self.block_size}:] (and rebuild the cache)")
-        if targets is not None and validate:
-            check_targets(targets, idx, self.vocab_size)
-        mask = positions = None
-        pos = torch.arange(L, L + T, device=idx.device)  # (T,) shared by every row
-        if attention_mask is not None:
-            real = _check_attention_mask(attention_mask, (B, L + T))  # (B, L + T) bool
-            positions = (real.long().cumsum(-1) - 1).clamp(min=0)[:, L:]  # (B, T): 0 at the first real token
-            pos, mask = positions, real[:, None, None, :]  # key mask (B, 1, 1, L + T)
+            check_context(idx, self.vocab_size, self.block_size)
             if targets is not None:
-                targets = targets.masked_fill(~real[:, L:], -1)
-        x = self.wte(idx)  # (B, T, C)
-        if self.wpe is not None:
-            x = x + self.wpe(pos)  # (T, C) or (B, T, C)
-        elif self.config.pos == "sinusoidal":
-            x = x + self.pos_enc[pos]
-        x = self.drop(x)
-        for i, block in enumerate(self.blocks):
-            x = block(x, rope=self.rope, mask=mask, cache=None if cache is None else cache[i], positions=positions)
+                check_targets(targets, idx, self.vocab_size)
+        x = self.embed(idx, torch.arange(idx.shape[1], device=idx.device))  # (B, T, C)
+        for block in self.blocks:
+            x = block(x, rope=self.rope)
         logits = self.head(self.ln_f(x))  # (B, T, V)
-        if targets is None:
-            return logits, None
-        loss = F.cross_entropy(logits.view(B * T, -1), targets.reshape(B * T).long(), ignore_index=-1)
-        return logits, loss
+        return logits, None if targets is None else lm_loss(logits, targets)
 
     def param_groups(self, weight_decay: float) -> list[dict]:
         """AdamW parameter groups: decay on the weight matrices of linear layers, none on biases, norm gains
@@ -261,6 +233,20 @@ def _reads_values(ids: torch.Tensor) -> bool:
     return isinstance(ids, torch.Tensor) and ids.device.type in _READ_VALUES_ON
 
 
+def check_context(idx: torch.Tensor, vocab_size: int, block_size: int, cached: int = 0) -> None:
+    """Raise a ValueError unless ``idx`` is (B, T) token ids with 1 <= cached + T <= block_size (values read on
+    the devices of ``_READ_VALUES_ON`` only)."""
+    check_ids(idx, vocab_size, "idx", 2, "(B, T)", read_values=_reads_values(idx))
+    if idx.shape[1] < 1 or cached + idx.shape[1] > block_size:
+        raise ValueError(f"the context has {cached} cached + {idx.shape[1]} new tokens but this model reads "
+                         f"1..block_size={block_size}; crop it, e.g. idx[:, -{block_size}:] (and rebuild the cache)")
+
+
+def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The mean cross-entropy in nats of logits (B, T, V) for targets (B, T), leaving out targets of -1."""
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten().long(), ignore_index=-1)
+
+
 def check_targets(targets: torch.Tensor, idx: torch.Tensor, vocab_size: int) -> None:
     """Raise a ValueError unless ``targets`` is an integer tensor shaped like ``idx`` with ids in -1..vocab_size-1.
 
@@ -273,16 +259,6 @@ def check_targets(targets: torch.Tensor, idx: torch.Tensor, vocab_size: int) -> 
     if targets.numel() and _reads_values(targets) and (int(targets.min()) < -1 or int(targets.max()) >= vocab_size):
         raise ValueError(f"targets hold values from {int(targets.min())} to {int(targets.max())}; they must be ids "
                          f"in 0..{vocab_size - 1}, or -1 for positions left out of the loss")
-
-
-def _check_attention_mask(attention_mask: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
-    """The (B, T) 0/1 or boolean padding mask as booleans (True = real token); a ValueError if it is malformed."""
-    if not isinstance(attention_mask, torch.Tensor) or tuple(attention_mask.shape) != shape:
-        raise ValueError(f"attention_mask must be a (B, T) = {shape} tensor of 0/1 (0 at padding), got "
-                         f"{tuple(getattr(attention_mask, 'shape', ())) or type(attention_mask).__name__}")
-    if attention_mask.dtype != torch.bool and not ((attention_mask == 0) | (attention_mask == 1)).all():
-        raise ValueError("attention_mask must hold only 0 (padding) and 1 (real token)")
-    return attention_mask.bool()
 
 
 def _check_hf_config(config) -> None:
