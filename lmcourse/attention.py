@@ -107,8 +107,8 @@ class MultiHeadAttention(nn.Module):
     Each of the n_head heads attends in its own head_dim = d_model / n_head subspace; their outputs are
     concatenated and mixed by ``o_proj``. With n_kv_head < n_head, keys and values have only n_kv_head heads,
     each shared by n_head / n_kv_head query heads (n_kv_head = 1 is multi-query attention). Chapter 7's GPT
-    builds its self-attention on this class (``lmcourse.models.gpt.SelfAttention``), adding rotary positions,
-    sliding windows and the hook for chapter 10's KV cache.
+    builds its self-attention on this class (``lmcourse.models.gpt.SelfAttention``), adding rotary positions and
+    sliding windows; chapter 10's ``lmcourse.inference`` reuses its ``project`` and ``attend`` around a KV cache.
 
     Args:
         d_model: model width (embedding size).

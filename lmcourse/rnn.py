@@ -350,7 +350,6 @@ class LSTMLM(RNNLM):
         super().__init__(vocab_size, hidden_size, n_layers, "lstm", fused, dropout, n_embd, forget_bias, seed)
 
 
-@torch.no_grad()
 def evaluate_stream(model: RNNLM, ids: torch.Tensor, batch_size: int = 32, block_size: int = 256) -> float:
     """Mean next-token loss in nats over a whole text w_1..w_N read in order, carrying the hidden state.
 

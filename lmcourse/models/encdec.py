@@ -14,11 +14,10 @@ from dataclasses import replace
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from lmcourse.attention import MultiHeadAttention
 from lmcourse.core import check_ids, check_positive_int
-from lmcourse.models.gpt import Block, GPTConfig, check_targets
+from lmcourse.models.gpt import Block, GPTConfig, check_targets, lm_loss
 from lmcourse.models.layers import RotaryEmbedding, init_weights, make_norm, sinusoidal_positions
 
 __all__ = ["DecoderBlock", "EncoderDecoder"]
@@ -117,9 +116,7 @@ class EncoderDecoder(nn.Module):
         for block in self.decoder:
             x = block(x, context, context_mask, rope=self.rope)
         logits = self.head(self.ln_f(x))  # (B, T, V)
-        if targets is None:
-            return logits, None
-        return logits, F.cross_entropy(logits.flatten(0, 1), targets.flatten().long(), ignore_index=-1)
+        return logits, None if targets is None else lm_loss(logits, targets)
 
 
 def _key_mask(src_mask: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
