@@ -34,6 +34,7 @@ CHAPTER: dict[str, int] = {
     "lmcourse.models.layers": 7,
     "lmcourse.models.gpt": 7,
     "lmcourse.models.encdec": 7,
+    "lmcourse.optim": 7,
     "lmcourse.tokenizers.bpe_train": 8,
     "lmcourse.tokenizers.bpe": 8,
     "lmcourse.tokenizers.word": 8,

@@ -162,7 +162,9 @@ def gpt_params(config: GPTConfig) -> int:
         biases = L * (2 * C + 2 * kv + (2 * (8 * C // 3) + C if config.mlp == "swiglu" else 4 * C + C))  # q o k v, mlp
     embeddings = config.vocab_size * C * (1 if config.tie_weights else 2)  # token embedding (and untied head)
     positions = config.block_size * C if config.pos == "learned" else 0
-    return _matmul_weights(config) - config.vocab_size * C + embeddings + positions + biases + (2 * L + 1) * norm
+    qk_norm = 2 * L * (C // config.n_head) if config.qk_norm else 0  # a gain per head coordinate, for q and k
+    return (_matmul_weights(config) - config.vocab_size * C + embeddings + positions + biases + (2 * L + 1) * norm
+            + qk_norm)
 
 
 def gpt_flops_per_token(config: GPTConfig, seq_len: int | None = None, training: bool = True) -> float:

@@ -153,9 +153,7 @@ def _attend(attn: SelfAttention, x: torch.Tensor, rope: RotaryEmbedding | None, 
             cache: LayerCache | None, positions: torch.Tensor | None, L: int) -> torch.Tensor:
     """``attn``'s self-attention of the T new positions x (B, T, C) after the L cached ones: the new keys and values
     join the cache, and the queries attend to all L + T of them. ``positions`` (B, T): RoPE positions per row."""
-    q, k, v = attn.project(x)  # (B, n_head, T, hd), (B, n_kv_head, T, hd) x 2
-    if rope is not None:
-        q, k = rope(q, offset=L, positions=positions), rope(k, offset=L, positions=positions)
+    q, k, v = attn.qkv(x, rope, offset=L, positions=positions)  # (B, n_head, T, hd), (B, n_kv_head, T, hd) x 2
     if cache is not None:
         k, v = cache.append(k, v)  # (B, n_kv_head, L + T, hd): the cached keys and values, then the new ones
     mask, is_causal = attn.mask_for(x.shape[1], k.shape[2], mask, x.device)

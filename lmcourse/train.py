@@ -118,13 +118,18 @@ def sample_windows(ids: torch.Tensor, block_size: int, batch_size: int,
     return x, y
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """The learning rate at ``step`` (0-based): linear warm-up to ``lr``, then cosine decay to ``min_lr``."""
+def lr_at(step: int, cfg: TrainConfig, peak: float | None = None) -> float:
+    """The learning rate at ``step`` (0-based): linear warm-up to ``lr``, then cosine decay to ``min_lr``.
+
+    ``peak`` replaces ``lr`` for a parameter group with its own rate (``min_lr`` scales with it)."""
+    peak = cfg.lr if peak is None else peak
     min_lr = cfg.lr / 10 if cfg.min_lr is None else cfg.min_lr
+    if peak != cfg.lr:
+        min_lr *= peak / cfg.lr
     if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
+        return peak * (step + 1) / cfg.warmup_steps
     progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
-    return min_lr + 0.5 * (cfg.lr - min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
+    return min_lr + 0.5 * (peak - min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 def _takes_generator(batches: Callable) -> bool:
@@ -217,11 +222,13 @@ def _optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -
 
 def train(model: torch.nn.Module, train_batches: BatchFn, cfg: TrainConfig, val_batches: BatchFn | None = None,
           device: torch.device | str = "cpu", checkpoint: str | os.PathLike | None = None, progress: bool = True,
-          resume: str | os.PathLike | None = None) -> History:
+          resume: str | os.PathLike | None = None, optimizer: torch.optim.Optimizer | None = None) -> History:
     """Train ``model`` in place for ``cfg.max_steps`` AdamW steps; returns the :class:`History`.
 
     Weight decay, if any, applies to the groups of ``model.param_groups(weight_decay)`` when the model defines
     it (e.g. GPT: linear weights only), otherwise to matrices (``dim >= 2``), not to biases or norm gains.
+    ``optimizer`` replaces AdamW (e.g. chapter 7's Muon, built on ``model``'s parameters): the schedule then scales
+    each parameter group's own learning rate, the one it was built with, as it scales ``cfg.lr``.
     With ``checkpoint``, the model, optimiser, gradient scaler, step, random states (torch CPU/CUDA and the
     batch generator), history, the config and ``model.config`` (if the model has one) are saved there at the
     end (and every ``cfg.checkpoint_interval`` steps). ``resume`` = such a checkpoint: training continues from
@@ -231,7 +238,8 @@ def train(model: torch.nn.Module, train_batches: BatchFn, cfg: TrainConfig, val_
     device = torch.device(device)
     torch.manual_seed(cfg.seed)
     model.to(device).train()
-    optimizer = _optimizer(model, cfg, device)
+    optimizer = _optimizer(model, cfg, device) if optimizer is None else optimizer
+    peaks = [group["lr"] for group in optimizer.param_groups]  # before a resumed state sets the current rates
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16 if cfg.amp == "bf16" else torch.float16)
                 if cfg.amp else contextlib.nullcontext())
@@ -266,8 +274,8 @@ def train(model: torch.nn.Module, train_batches: BatchFn, cfg: TrainConfig, val_
     for step in bar:
         step_start = time.perf_counter()
         lr = lr_at(step, cfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        for group, group_peak in zip(optimizer.param_groups, peaks, strict=True):
+            group["lr"] = lr_at(step, cfg, group_peak)
         optimizer.zero_grad(set_to_none=True)
         loss_sum, tokens = 0.0, 0
         for _ in range(cfg.grad_accum_steps):  # gradients add up over the micro-batches

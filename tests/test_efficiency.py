@@ -79,6 +79,7 @@ def test_tiled_attention_float32_and_gradcheck():
 @pytest.mark.parametrize("kwargs", [
     {}, {"pos": "rope", "n_kv_head": 2, "mlp": "swiglu", "norm": "rmsnorm", "bias": False},
     {"tie_weights": False, "pos": "sinusoidal"}, {"n_kv_head": 1, "norm": "rmsnorm"},
+    {"qk_norm": True, "mlp": "relu2", "tie_weights": False},
 ])
 def test_gpt_params_counts_the_models_parameters(kwargs):
     config = GPTConfig(vocab_size=100, block_size=32, n_layer=2, n_head=4, n_embd=48, **kwargs)

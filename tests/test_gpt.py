@@ -63,6 +63,32 @@ def test_swiglu_and_mlp_equal_their_formulas():
     h = x @ mlp.fc.weight.T + mlp.fc.bias
     gelu = 0.5 * h * (1 + torch.tanh(math.sqrt(2 / math.pi) * (h + 0.044715 * h**3)))  # GPT-2's gelu
     assert (mlp(x) - (gelu @ mlp.proj.weight.T + mlp.proj.bias)).abs().max() < 1e-12
+    relu2 = MLP(12, activation="relu2").double()
+    h = x @ relu2.fc.weight.T + relu2.fc.bias
+    assert (relu2(x) - (torch.clamp(h, min=0) ** 2 @ relu2.proj.weight.T + relu2.proj.bias)).abs().max() < 1e-12
+    with pytest.raises(ValueError, match="'gelu' or 'relu2'"):
+        MLP(12, activation="relu")
+
+
+def test_qk_norm_equals_its_formula():
+    """With QK-norm, each head's q and k are divided by their RMS and scaled by learned gains before the scores."""
+    model = tiny(qk_norm=True, pos="rope", n_layer=1).double()
+    attn = model.blocks[0].attn
+    with torch.no_grad():
+        attn.q_norm.weight.normal_()
+        attn.k_norm.weight.normal_()
+    x = torch.randn(2, T, 16, dtype=torch.float64)
+    B, H, hd = 2, 2, 8
+    heads = lambda w: (x @ w.T + 0).view(B, T, H, hd).transpose(1, 2)  # noqa: E731 -- (B, H, T, hd)
+    q = heads(attn.q_proj.weight) + attn.q_proj.bias.view(H, 1, hd)
+    k = heads(attn.k_proj.weight) + attn.k_proj.bias.view(H, 1, hd)
+    v = heads(attn.v_proj.weight) + attn.v_proj.bias.view(H, 1, hd)
+    rms = lambda t: torch.sqrt(t.pow(2).mean(-1, keepdim=True) + 1e-5)  # noqa: E731
+    q, k = model.rope(q / rms(q) * attn.q_norm.weight), model.rope(k / rms(k) * attn.k_norm.weight)
+    scores = (q @ k.transpose(-1, -2) / math.sqrt(hd)).masked_fill(~torch.ones(T, T).tril().bool(), -math.inf)
+    y = (scores.softmax(-1) @ v).transpose(1, 2).reshape(B, T, 16)
+    expected = attn.o_proj(y)
+    assert (attn(x, model.rope) - expected).abs().max() < 1e-12
 
 
 def test_sinusoidal_positions_equal_formula():
@@ -223,7 +249,8 @@ def test_causality(kwargs):
 
 @pytest.mark.parametrize("kwargs", [{}, {"pos": "rope"}, {"pos": "sinusoidal"}, {"norm": "rmsnorm"},
                                     {"mlp": "swiglu"}, {"n_kv_head": 1}, {"window": 3}, {"causal": False},
-                                    {"bias": False, "tie_weights": False, "dropout": 0.1}])
+                                    {"bias": False, "tie_weights": False, "dropout": 0.1},
+                                    {"mlp": "relu2", "qk_norm": True}])
 def test_every_variant_trains(kwargs):
     model = tiny(**kwargs)
     x, y = ids(B=4, seed=3), ids(B=4, seed=4)

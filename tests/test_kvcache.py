@@ -17,6 +17,7 @@ VARIANTS = [
     {"pos": "rope", "n_kv_head": 1},
     {"pos": "rope", "window": 5, "norm": "rmsnorm", "mlp": "swiglu", "bias": False},
     {"pos": "learned", "window": 3},
+    {"pos": "rope", "qk_norm": True, "mlp": "relu2"},
 ]
 
 

@@ -313,3 +313,37 @@ def test_mean_loss_weights_batches_by_their_targets_and_carries_a_cache():
     assert mean_loss(rnn, halves) != pytest.approx(mean_loss(rnn, [(x, y)]), rel=1e-6)  # without: a fresh state
     with pytest.raises(ValueError, match="no targets to score"):
         mean_loss(model, [])
+
+
+def test_an_optimizer_of_our_own_follows_the_schedule_per_group_and_resumes_exactly(tmp_path):
+    """train(optimizer=...) scales each group's own rate by the schedule (chapter 7's Muon: two rates), and a run
+    resumed from its checkpoint gives the uninterrupted run's losses."""
+    from lmcourse.optim import muon_with_adamw
+
+    ids = torch.randint(0, 11, (300,), generator=torch.Generator().manual_seed(0))
+
+    def batches(generator):
+        return sample_windows(ids, 8, 4, generator)
+
+    cfg = TrainConfig(max_steps=6, lr=1e-2, min_lr=0.0, warmup_steps=2, checkpoint_interval=3)
+    assert lr_at(4, cfg, peak=0.05) == pytest.approx(5 * lr_at(4, cfg))
+    model = tiny_gpt(dropout=0.0)
+    optimizer = muon_with_adamw(model, muon_lr=0.05, lr=1e-2)
+    straight = train(model, batches, cfg, progress=False, optimizer=optimizer)
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([lr_at(5, cfg, 0.05), lr_at(5, cfg)])
+    path = tmp_path / "run.pt"
+    calls = []
+
+    def crashing(generator):
+        calls.append(1)
+        if len(calls) > 3:
+            raise RuntimeError("power cut")
+        return batches(generator)
+
+    with pytest.raises(RuntimeError, match="power cut"):
+        model = tiny_gpt(dropout=0.0)
+        train(model, crashing, cfg, checkpoint=path, progress=False, optimizer=muon_with_adamw(model, 0.05, 1e-2))
+    resumed_model = tiny_gpt(seed=1, dropout=0.0)
+    resumed = train(resumed_model, batches, cfg, progress=False, resume=path,
+                    optimizer=muon_with_adamw(resumed_model, 0.05, 1e-2))
+    assert resumed.train_loss == straight.train_loss

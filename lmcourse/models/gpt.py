@@ -6,8 +6,8 @@
 
 Thanks to the causal mask, the logits at position t depend on w_1..w_t only, so one forward pass of a window
 gives T next-token predictions and the loss averages all of them. ``GPTConfig`` also selects the modern
-variants the chapter discusses (sinusoidal or rotary positions, RMSNorm, SwiGLU, grouped-query and
-sliding-window attention) and ``causal=False`` for an encoder-only (BERT-style, masked-LM) model.
+variants the chapter discusses (sinusoidal or rotary positions, RMSNorm, SwiGLU or squared ReLU, QK-norm,
+grouped-query and sliding-window attention) and ``causal=False`` for an encoder-only (BERT-style, masked-LM) model.
 ``GPT.from_hf`` copies the weights of a Hugging Face ``GPT2LMHeadModel``; the tests show both give the same logits.
 """
 
@@ -21,11 +21,12 @@ import torch.nn.functional as F
 
 from lmcourse.attention import MultiHeadAttention, causal_mask
 from lmcourse.core import check_ids, check_positive_int, is_number
-from lmcourse.models.layers import MLP, RotaryEmbedding, SwiGLU, init_weights, make_norm, sinusoidal_positions
+from lmcourse.models.layers import MLP, RMSNorm, RotaryEmbedding, SwiGLU, init_weights, make_norm, sinusoidal_positions
 
 __all__ = ["GPTConfig", "SelfAttention", "Block", "GPT", "lm_loss"]
 
-_CHOICES = {"pos": ("learned", "sinusoidal", "rope"), "norm": ("layernorm", "rmsnorm"), "mlp": ("gelu", "swiglu")}
+_CHOICES = {"pos": ("learned", "sinusoidal", "rope"), "norm": ("layernorm", "rmsnorm"),
+            "mlp": ("gelu", "relu2", "swiglu")}
 
 
 @dataclass
@@ -41,7 +42,8 @@ class GPTConfig:
     bias: bool = True  # biases in the linear layers and LayerNorms
     pos: str = "learned"  # "learned" | "sinusoidal" | "rope"
     norm: str = "layernorm"  # "layernorm" | "rmsnorm"
-    mlp: str = "gelu"  # "gelu" (GPT-2) | "swiglu" (LLaMA)
+    mlp: str = "gelu"  # "gelu" (GPT-2) | "relu2" (squared ReLU, Primer) | "swiglu" (LLaMA)
+    qk_norm: bool = False  # RMS-normalise each head's queries and keys before the scores (OLMo 2, Qwen3)
     n_kv_head: int | None = None  # grouped-query attention: key/value heads (None = n_head)
     window: int | None = None  # sliding-window attention: each position sees this many (None = all before it)
     causal: bool = True  # False: bidirectional self-attention (an encoder, for a masked-LM objective)
@@ -53,20 +55,37 @@ class GPTConfig:
 
 class SelfAttention(MultiHeadAttention):
     """Chapter 6's multi-head attention as the GPT uses it: self-attention, causal unless ``config.causal`` is False,
-    with the config's sliding window, grouped-query heads and rotary positions."""
+    with the config's sliding window, grouped-query heads, QK-norm and rotary positions.
+
+    QK-norm divides each head's query and key vectors by their root mean square (times a learned gain per
+    coordinate, :class:`~lmcourse.models.layers.RMSNorm` over head_dim): a score q.k / sqrt(hd) is then bounded by
+    the gains, so no head's softmax can saturate however large the projections grow, and a higher learning rate
+    stays stable.
+    """
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__(config.n_embd, config.n_head, config.n_kv_head, config.bias, config.dropout)
         self.causal, self.window = config.causal, config.window
+        self.q_norm = RMSNorm(self.head_dim) if config.qk_norm else None
+        self.k_norm = RMSNorm(self.head_dim) if config.qk_norm else None
 
     def forward(self, x: torch.Tensor, rope: RotaryEmbedding | None = None,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, T, C) -> (B, T, C); ``mask`` (boolean, True = may attend, e.g. (B, 1, 1, T)) hides padding keys."""
-        q, k, v = self.project(x)  # (B, n_head, T, hd), (B, n_kv_head, T, hd) x 2
-        if rope is not None:
-            q, k = rope(q), rope(k)
+        q, k, v = self.qkv(x, rope)  # (B, n_head, T, hd), (B, n_kv_head, T, hd) x 2
         mask, is_causal = self.mask_for(x.shape[1], x.shape[1], mask, x.device)
         return self.attend(q, k, v, mask, is_causal)
+
+    def qkv(self, x: torch.Tensor, rope: RotaryEmbedding | None = None, offset: int = 0,
+            positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries (B, n_head, T, hd), keys and values (B, n_kv_head, T, hd) of x (B, T, C): projected, QK-normed,
+        then rotated by ``rope`` for positions offset..offset+T-1 (or ``positions`` (B, T), chapter 10)."""
+        q, k, v = self.project(x)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            q, k = rope(q, offset=offset, positions=positions), rope(k, offset=offset, positions=positions)
+        return q, k, v
 
     def mask_for(self, T: int, S: int, mask: torch.Tensor | None = None, device: torch.device | None = None
                  ) -> tuple[torch.Tensor | None, bool]:
@@ -92,7 +111,8 @@ class Block(nn.Module):
         self.ln_1 = make_norm(config)
         self.attn = SelfAttention(config)
         self.ln_2 = make_norm(config)
-        self.mlp = SwiGLU(config.n_embd, config.bias) if config.mlp == "swiglu" else MLP(config.n_embd, config.bias)
+        self.mlp = (SwiGLU(config.n_embd, config.bias) if config.mlp == "swiglu"
+                    else MLP(config.n_embd, config.bias, config.mlp))
         self.drop = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor, rope: RotaryEmbedding | None = None,
