@@ -15,7 +15,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 ROW_KEYS = ("ngram-same-work", "ngram-all-test", "bpe-train", "bpe-encode-tiktoken", "bpe-encode-hf",
-            "gpt-train-cpu-*", "generate-hf-*", "kv-cache-*", "char-gpt-recipe")
+            "gpt-train-cpu-*", "generate-hf-*", "kv-cache-*", "char-gpt-recipe", "char-gpt-vs-lstm",
+            "char-gpt-vs-previous")
 BOOK_FILES = [ROOT / "book/benchmarks.md", ROOT / "book/benchmarks.json"]
 
 
@@ -42,8 +43,13 @@ def test_quick_suite_writes_every_row_with_a_finite_ratio(tmp_path):
 
     page = (tmp_path / "benchmarks.md").read_text()
     assert [line for line in page.splitlines() if line.startswith("# ")] == ["# Benchmarks"]
-    table = [line for line in page.splitlines() if line.startswith("| ")]
+    lines = page.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("| "))
+    end = next(i for i in range(first, len(lines) + 1) if i == len(lines) or not lines[i].startswith("| "))
+    table = lines[first:end]
     assert len(table) == 2 + len(rows), "the table has a header, a rule and one line per row"
+    for recipe in ("course recipe", "previous course recipe", "nanoGPT CPU recipe", "chapter 5 LSTM"):
+        assert any(line.startswith(f"| {recipe} |") for line in lines), f"the recipes table has no {recipe!r} row"
     assert "```{warning}" in page and report["date"] in page
 
     (tmp_path / "benchmarks.md").unlink()
