@@ -40,6 +40,7 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 ALIASES: dict[str, dict[str, str]] = {
     "02_autodiff": {"Value": "Scalar", "topological_order": "topological_sort"},
     "06_attention": {"scaled_dot_product_attention": "attention"},
+    "07_transformer": {"Muon": "muon_step"},
     "10_efficiency": {"KVCache": "new_caches_by_hand", "CachedGPT": "forward_padded"},  # the cache; padded rows
 }
 

@@ -151,11 +151,13 @@ def test_char_gpt_recipe_builds_the_chapter_7_gpt():
     assert logits.shape == (2, recipe.block_size, 65) and loss.item() == pytest.approx(math.log(65), rel=0.05)
 
 
-def test_char_gpt_fingerprint_is_unchanged_by_the_new_recipe_fields():
-    """Checkpoints trained before recipes had ``batches`` and ``evaluate`` must stay valid."""
-    assert set(zoo.RECIPES["char_gpt"].fingerprint()) == {"config", "train", "block_size", "batch_size", "corpus",
-                                                          "held_out"}
+def test_fingerprints_hold_the_optional_fields_only_when_a_recipe_sets_them():
+    """A recipe's batches and optimiser are in its fingerprint only when they are not the defaults."""
+    base = {"config", "train", "block_size", "batch_size", "corpus", "held_out"}
+    assert set(zoo.RECIPES["char_lstm"].fingerprint()) == base
     assert zoo.RECIPES["char_mlp"].fingerprint()["batches"] == "lmcourse.zoo.context_windows"
+    assert set(zoo.RECIPES["char_gpt"].fingerprint()) == base | {"muon_lr"}
+    assert zoo.RECIPES["char_gpt"].fingerprint()["muon_lr"] == zoo.RECIPES["char_gpt"].muon_lr
 
 
 @pytest.mark.parametrize("name", ["char_mlp", "char_rnn", "char_lstm"])
