@@ -21,6 +21,7 @@ import os
 import tempfile
 import urllib.error
 import urllib.request
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,12 +54,14 @@ class DataFile:
     """One registered file: where it lives (relative to the cache/mirror), its URL and its checksum.
 
     ``digest`` is ``"sha256:<hex>"``, or ``"gitblob:<hex>"`` (the id ``git hash-object`` prints) for
-    a file whose SHA-256 has not been recorded from a trusted copy.
+    a file whose SHA-256 has not been recorded from a trusted copy. With ``member``, the URL is a zip
+    archive and the file is that member of it: the digest is the member's (the archive's is not known).
     """
 
     relpath: str
     url: str
     digest: str
+    member: str | None = None
 
 
 _GH = "https://raw.githubusercontent.com"
@@ -98,6 +101,9 @@ REGISTRY: dict[str, dict[str | None, DataFile]] = {
     "gpt2-merges": {None: DataFile(
         "gpt2/merges.txt", f"{_CS336}/gpt2_merges.txt",
         "sha256:ac33235097fe06d4a8fff0feac994644809e6eb6ab70669e1e9fd40ae032428e")},
+    "sms-spam": {None: DataFile(
+        "sms-spam/SMSSpamCollection", "https://archive.ics.uci.edu/static/public/228/sms+spam+collection.zip",
+        "sha256:7d039a24a6083ed9ef0f806ebad56bbb976e3aeb8de05669173bfdc4996c239d", member="SMSSpamCollection")},
 }
 
 
@@ -203,6 +209,17 @@ def _verify(file: Path, entry: DataFile, delete_if_bad: bool) -> None:
     raise ChecksumError(f"{file} is corrupt: expected {entry.digest}, found {actual}. {what}")
 
 
+def _extract_member(archive: Path, entry: DataFile) -> None:
+    """Replace the zip ``archive`` by its member ``entry.member``; a DownloadError if it is not such a zip."""
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            data = zf.read(entry.member)
+    except (zipfile.BadZipFile, KeyError) as err:
+        raise DownloadError(f"{entry.url} did not give a zip archive holding {entry.member!r} ({err}); "
+                            "nothing was saved, try again") from err
+    archive.write_bytes(data)
+
+
 def _download(entry: DataFile, dest: Path, label: str) -> None:
     timeout = float(os.environ.get(TIMEOUT_VAR, "15"))
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -221,6 +238,8 @@ def _download(entry: DataFile, dest: Path, label: str) -> None:
         if total is not None and received != total:
             raise DownloadError(f"the download of {entry.url} stopped after {received} of {total} bytes; "
                                 "nothing was saved, try again")
+        if entry.member is not None:
+            _extract_member(tmp, entry)  # tmp now holds the member's bytes, still to be checked
         actual = _mismatch(tmp, entry)
         if actual is not None:
             raise ChecksumError(f"the bytes downloaded from {entry.url} are not {label}'s: expected "

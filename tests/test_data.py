@@ -103,7 +103,7 @@ def leftovers(folder: Path) -> list[Path]:
 
 def test_registry_lists_the_course_corpora():
     assert data.names() == sorted(["tinyshakespeare", "names", "wikitext2", "wikitext2-raw", "gpt2-vocab",
-                                   "gpt2-merges"])
+                                   "gpt2-merges", "sms-spam"])
     assert data.splits("wikitext2") == ["train", "valid", "test"]
     assert data.splits("tinyshakespeare") == []
     for entries in data.REGISTRY.values():
@@ -240,3 +240,48 @@ def test_wrong_bytes_are_rejected_and_not_cached(monkeypatch, server, isolated):
 def test_a_dataset_name_that_is_not_a_string_is_explained():
     with pytest.raises(ValueError, match="a dataset name is a string, got 3; known datasets: .*tinyshakespeare"):
         data.load_text(3)
+
+
+# --- a file that comes inside a zip archive (the SMS Spam Collection) ---------------------------------
+
+def zip_server(tmp_path: Path, member: bytes) -> Server:
+    """A server whose /ok/spam.zip is a zip holding ``member`` as SMSSpamCollection (and a readme), and whose
+    /ok/plain.txt is not a zip at all."""
+    import zipfile
+
+    root = tmp_path / "served"
+    root.mkdir()
+    with zipfile.ZipFile(root / "spam.zip", "w") as zf:
+        zf.writestr("readme", "the SMS Spam Collection")
+        zf.writestr("SMSSpamCollection", member)
+    (root / "plain.txt").write_bytes(member)
+    return Server(root)
+
+
+@needs_mirror
+def test_a_zipped_file_is_extracted_verified_and_cached(monkeypatch, tmp_path, isolated):
+    good = (MIRROR / "sms-spam/SMSSpamCollection").read_bytes()
+    srv = zip_server(tmp_path, good)
+    try:
+        use_url(monkeypatch, "sms-spam", f"{srv.url}/ok/spam.zip")
+        got = data.path("sms-spam")
+        assert got == isolated / "sms-spam/SMSSpamCollection" and got.read_bytes() == good
+        assert leftovers(isolated) == [got]  # the archive itself is not kept
+    finally:
+        srv.close()
+
+
+@needs_mirror
+def test_a_tampered_or_missing_member_is_rejected_and_nothing_is_saved(monkeypatch, tmp_path, isolated):
+    good = (MIRROR / "sms-spam/SMSSpamCollection").read_bytes()
+    srv = zip_server(tmp_path, good.replace(b"ham\t", b"spam\t", 1))
+    try:
+        use_url(monkeypatch, "sms-spam", f"{srv.url}/ok/spam.zip")
+        with pytest.raises(data.ChecksumError, match="expected sha256:7d039a24.*Nothing was saved"):
+            data.path("sms-spam")
+        use_url(monkeypatch, "sms-spam", f"{srv.url}/ok/plain.txt")
+        with pytest.raises(data.DownloadError, match="did not give a zip archive holding 'SMSSpamCollection'"):
+            data.path("sms-spam")
+        assert leftovers(isolated) == []
+    finally:
+        srv.close()
