@@ -45,6 +45,8 @@ CHAPTER: dict[str, int] = {
     "lmcourse.ddp": 11,
     "lmcourse.zoo": 12,
     "lmcourse.ladder": 12,
+    "lmcourse.finetune": 13,
+    "lmcourse.lora": 13,
 }
 
 # Modules that serve every notebook and teach no idea of their own (see the module docstring).
