@@ -190,11 +190,16 @@ class GPT(nn.Module):
             check_context(idx, self.vocab_size, self.block_size)
             if targets is not None:
                 check_targets(targets, idx, self.vocab_size)
+        logits = self.head(self.features(idx))  # (B, T, V)
+        return logits, None if targets is None else lm_loss(logits, targets)
+
+    def features(self, idx: torch.Tensor) -> torch.Tensor:
+        """The final hidden states Norm(x_L) (B, T, n_embd) of idx (B, T), which the head turns into logits (chapter
+        13 puts a task head on them instead)."""
         x = self.embed(idx, torch.arange(idx.shape[1], device=idx.device))  # (B, T, C)
         for block in self.blocks:
             x = block(x, rope=self.rope)
-        logits = self.head(self.ln_f(x))  # (B, T, V)
-        return logits, None if targets is None else lm_loss(logits, targets)
+        return self.ln_f(x)
 
     def param_groups(self, weight_decay: float) -> list[dict]:
         """AdamW parameter groups: decay on the weight matrices of linear layers, none on biases, norm gains
