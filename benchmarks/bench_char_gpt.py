@@ -201,6 +201,15 @@ def run_lstm(recipe: LSTMRecipe, train_ids: torch.Tensor, val_ids: torch.Tensor,
     return _summary(model, recipe, steps, seconds, evaluate_recurrent(model, val_ids, recipe.block_size))
 
 
+def tiny_shakespeare() -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Tiny Shakespeare's characters as ids: (the first 90%, the last 10%, the vocabulary size)."""
+    text = load_text("tinyshakespeare")
+    tok = CharTokenizer().train(text)
+    ids = torch.tensor(tok.encode(text))
+    n_train = int(0.9 * len(ids))
+    return ids[:n_train], ids[n_train:], tok.vocab_size
+
+
 def warm_up(vocab_size: int) -> None:
     """One training step of a throwaway model, so that PyTorch's lazy imports (the optimiser's first use takes
     seconds) are not charged to the first recipe's budget."""
@@ -224,23 +233,19 @@ def main() -> None:
     args = parser.parse_args()
     budget = args.budget or (15.0 if args.quick else 240.0)
     torch.set_num_threads(args.threads)
-    text = load_text("tinyshakespeare")
-    tok = CharTokenizer().train(text)
-    ids = torch.tensor(tok.encode(text))
-    n_train = int(0.9 * len(ids))
-    train_ids, val_ids = ids[:n_train], ids[n_train:]
+    train_ids, val_ids, vocab_size = tiny_shakespeare()
     if args.quick:
         val_ids = val_ids[:10_000]
     print(f"{budget:.0f} s per recipe, {args.threads} thread(s), load average {os.getloadavg()[0]:.1f}; "
           f"held-out loss over {len(val_ids):,} characters")
-    warm_up(tok.vocab_size)
+    warm_up(vocab_size)
     results = {}
     order = RECIPES
     if args.ablation:  # the old recipe, each ingredient added in turn, the new recipe, then the peers
         order = {"previous course recipe": PREVIOUS, **ABLATION, **RECIPES}
     for name, recipe in order.items():
         go = run_lstm if isinstance(recipe, LSTMRecipe) else run
-        results[name] = r = go(recipe, train_ids, val_ids, tok.vocab_size, budget)
+        results[name] = r = go(recipe, train_ids, val_ids, vocab_size, budget)
         print(f"{name:24s} {r['params']:>9,} params  {r['steps']:>6,} steps  {r['ms_per_step']:6.1f} ms/step  "
               f"{r['tokens'] / 1e6:5.2f}M tokens  val {r['val']:.4f} nats/char "
               f"({r['val'] / math.log(2):.4f} bits/char)",

@@ -25,10 +25,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
-from bench_char_gpt import NANOGPT_CPU, PREVIOUS, Recipe, run, warm_up
-
-from lmcourse.data import load_text
-from lmcourse.tokenizers import CharTokenizer
+from bench_char_gpt import NANOGPT_CPU, PREVIOUS, Recipe, run, tiny_shakespeare, warm_up
 
 LOG = Path(__file__).resolve().parent / "results" / "char_gpt_search.jsonl"
 
@@ -96,16 +93,12 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown trials {unknown}; --list shows them")
     torch.set_num_threads(args.threads)
-    text = load_text("tinyshakespeare")
-    tok = CharTokenizer().train(text)
-    ids = torch.tensor(tok.encode(text))
-    n_train = int(0.9 * len(ids))
-    train_ids, val_ids = ids[:n_train], ids[n_train:]
-    warm_up(tok.vocab_size)
+    train_ids, val_ids, vocab_size = tiny_shakespeare()
+    warm_up(vocab_size)
     session = time.strftime("%Y-%m-%dT%H:%M:%S")
     for name in args.trials:
         load = os.getloadavg()[0]
-        r = run(TRIALS[name], train_ids, val_ids, tok.vocab_size, args.budget)
+        r = run(TRIALS[name], train_ids, val_ids, vocab_size, args.budget)
         line = {"trial": name, "session": session, "budget_s": args.budget, "threads": args.threads,
                 "load_before": round(load, 2), "load_after": round(os.getloadavg()[0], 2),
                 **{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()},
