@@ -18,11 +18,14 @@ Each module holds one concept that a chapter builds from scratch and later chapt
 - :mod:`lmcourse.attention` -- scaled dot-product attention, its masks, and multi-head attention
 - :mod:`lmcourse.sampling` -- decoding: temperature, top-k, top-p, beam search, pass@k
 - :mod:`lmcourse.train` -- the shared training loop, schedules and checkpoints
+- :mod:`lmcourse.optim` -- Muon (orthogonalised momentum for weight matrices) with AdamW for the rest
 - :mod:`lmcourse.efficiency` -- online softmax, tiled (FlashAttention-style) attention, FLOP accounting and MFU
 - :mod:`lmcourse.inference` -- the KV cache and left-padded batches: the GPT as it generates
 - :mod:`lmcourse.ddp` -- data-parallel training with DistributedDataParallel, launched by ``torchrun``
 - :mod:`lmcourse.zoo` -- trained models shared between chapters: trained once on first use, then loaded
 - :mod:`lmcourse.ladder` -- the capstone's perplexity ladder, the Penn Treebank history, a WikiText-2 recipe
+- :mod:`lmcourse.finetune` -- fine-tuning for a task: the SMS Spam Collection's split, a GPT classifier, metrics
+- :mod:`lmcourse.lora` -- low-rank adaptation (LoRA): the layer, adding it to a model, merging it back
 
 Every neural language model of the course is called the same way::
 
