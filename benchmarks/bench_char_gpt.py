@@ -36,9 +36,10 @@ from results import add_json_argument, row, write_json
 
 from lmcourse.data import load_text
 from lmcourse.models import GPT, GPTConfig
-from lmcourse.optim import Muon, muon_param_groups
+from lmcourse.optim import muon_with_adamw
 from lmcourse.rnn import LSTMLM
 from lmcourse.tokenizers import CharTokenizer
+from lmcourse.train import sample_windows
 from lmcourse.zoo import evaluate_recurrent, evaluate_text
 
 
@@ -96,13 +97,11 @@ _MUON = replace(PREVIOUS, muon_lr=0.02, lr=8e-3, min_lr=0.0, weight_decay=0.0)  
 BEST = replace(_MUON, tie_weights=False, block_size=128, n_embd=192, n_head=6)
 
 
-def _optimizers(model: GPT, recipe: Recipe) -> list[torch.optim.Optimizer]:
+def _optimizer(model: GPT, recipe: Recipe) -> torch.optim.Optimizer:
     """AdamW for every parameter, or Muon for the blocks' matrices and AdamW for the rest."""
     if recipe.muon_lr is None:
-        return [torch.optim.AdamW(model.param_groups(recipe.weight_decay), lr=recipe.lr, betas=recipe.betas)]
-    matrices, rest = muon_param_groups(model)
-    return [Muon(matrices, lr=recipe.muon_lr, momentum=recipe.muon_momentum, weight_decay=recipe.weight_decay),
-            torch.optim.AdamW(rest, lr=recipe.lr, betas=recipe.betas, weight_decay=0.0)]
+        return torch.optim.AdamW(model.param_groups(recipe.weight_decay), lr=recipe.lr, betas=recipe.betas)
+    return muon_with_adamw(model, recipe.muon_lr, recipe.lr, recipe.weight_decay, recipe.betas, recipe.muon_momentum)
 
 
 def lr_factor(recipe: Recipe, step: int, progress: float, total_steps: int | None) -> float:
@@ -148,30 +147,25 @@ ABLATION: dict[str, Recipe] = {
 }
 
 
-def train_for(model: torch.nn.Module, optimizers: list[torch.optim.Optimizer], recipe: Recipe | LSTMRecipe,
+def train_for(model: torch.nn.Module, optimizer: torch.optim.Optimizer, recipe: Recipe | LSTMRecipe,
               train_ids: torch.Tensor, budget_s: float, seed: int = 0) -> tuple[int, float]:
     """Train on random windows for ``budget_s`` seconds of wall time; returns (steps, seconds)."""
-    peaks = [[group["lr"] for group in opt.param_groups] for opt in optimizers]
+    peaks = [group["lr"] for group in optimizer.param_groups]
     gen = torch.Generator().manual_seed(seed)
-    offsets = torch.arange(recipe.block_size)
     step, start, total_steps = 0, time.perf_counter(), None
     while (elapsed := time.perf_counter() - start) < budget_s and (total_steps is None or step < total_steps):
         if recipe.schedule == "nanogpt" and total_steps is None and elapsed > 0.05 * budget_s:
             total_steps = int(step * budget_s / elapsed)  # the steps that fit the budget at this speed
         factor = lr_factor(recipe, step, elapsed / budget_s, total_steps)
-        for opt, peak in zip(optimizers, peaks, strict=True):
-            for group, lr in zip(opt.param_groups, peak, strict=True):
-                group["lr"] = lr * factor
-        starts = torch.randint(len(train_ids) - recipe.block_size, (recipe.batch_size,), generator=gen)
-        x, y = train_ids[starts[:, None] + offsets], train_ids[starts[:, None] + offsets + 1]  # (B, T)
+        for group, peak in zip(optimizer.param_groups, peaks, strict=True):
+            group["lr"] = peak * factor
+        x, y = sample_windows(train_ids, recipe.block_size, recipe.batch_size, gen)  # (B, T) each
         _, loss = model(x, y)
-        for opt in optimizers:
-            opt.zero_grad(set_to_none=True)
+        optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if recipe.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
-        for opt in optimizers:
-            opt.step()
+        optimizer.step()
         step += 1
     return step, time.perf_counter() - start
 
@@ -187,7 +181,7 @@ def run(recipe: Recipe, train_ids: torch.Tensor, val_ids: torch.Tensor, vocab_si
     """Train the GPT of ``recipe`` for ``budget_s`` seconds; returns steps, seconds and held-out loss (nats/char)."""
     torch.manual_seed(seed)
     model = GPT(recipe.config(vocab_size))
-    steps, seconds = train_for(model, _optimizers(model, recipe), recipe, train_ids, budget_s, seed)
+    steps, seconds = train_for(model, _optimizer(model, recipe), recipe, train_ids, budget_s, seed)
     return _summary(model, recipe, steps, seconds, evaluate_text(model, val_ids, recipe.block_size))
 
 
@@ -197,7 +191,7 @@ def run_lstm(recipe: LSTMRecipe, train_ids: torch.Tensor, val_ids: torch.Tensor,
     torch.manual_seed(seed)
     model = LSTMLM(vocab_size, recipe.hidden_size, n_embd=recipe.n_embd, fused=True, seed=seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
-    steps, seconds = train_for(model, [optimizer], recipe, train_ids, budget_s, seed)
+    steps, seconds = train_for(model, optimizer, recipe, train_ids, budget_s, seed)
     return _summary(model, recipe, steps, seconds, evaluate_recurrent(model, val_ids, recipe.block_size))
 
 

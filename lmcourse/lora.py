@@ -91,8 +91,7 @@ def add_lora(model: nn.Module, targets: Iterable[str] = ("q_proj", "v_proj"), r:
                          f"{sorted({name.rsplit('.', 1)[-1] for name, _ in linear})}")
     model.requires_grad_(False)
     for name, module in found:
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, child, LoRALinear(module, r, alpha))
+        model.set_submodule(name, LoRALinear(module, r, alpha))
     return model
 
 
@@ -100,8 +99,7 @@ def merge_lora(model: nn.Module) -> nn.Module:
     """Replace every :class:`LoRALinear` of ``model`` by its merged ``nn.Linear`` (in place); returns the model."""
     for name, module in list(model.named_modules()):
         if isinstance(module, LoRALinear):
-            parent, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent) if parent else model, child, module.merged())
+            model.set_submodule(name, module.merged())
     return model
 
 

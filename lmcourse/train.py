@@ -124,7 +124,7 @@ def lr_at(step: int, cfg: TrainConfig, peak: float | None = None) -> float:
     ``peak`` replaces ``lr`` for a parameter group with its own rate (``min_lr`` scales with it)."""
     peak = cfg.lr if peak is None else peak
     min_lr = cfg.lr / 10 if cfg.min_lr is None else cfg.min_lr
-    if peak != cfg.lr:
+    if peak != cfg.lr:  # subtle: only then, so that lr * (lr / lr) never rounds the single-rate schedule
         min_lr *= peak / cfg.lr
     if step < cfg.warmup_steps:
         return peak * (step + 1) / cfg.warmup_steps
